@@ -1,0 +1,60 @@
+"""The ``lowrank-precond`` command.
+
+Subcommands (each a module of this package with ``add_parser(subparsers)`` and
+``run(args) -> int``):
+
+``info``     package version, backends with versions and devices, BLAS threads, missing extras
+``compare``  fit GLMs on bundled real data with every method; table, ``results.json``, plot
+``bench``    ms per step of every method against the memory-bandwidth floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lowrank_precond import __version__
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+#: subcommand name -> module (relative to this package)
+SUBCOMMANDS = ("info",)
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="lowrank-precond",
+        description="Low-rank full-matrix adaptive preconditioning: compare methods on real "
+        "GLMs, benchmark step times, inspect backends.",
+    )
+    parser.add_argument("--version", action="version", version=f"lowrank-precond {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"lowrank_precond.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        print(f"lowrank-precond {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

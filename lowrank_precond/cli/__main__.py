@@ -1,0 +1,5 @@
+import sys
+
+from lowrank_precond.cli import main
+
+sys.exit(main())

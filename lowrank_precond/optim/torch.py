@@ -1,0 +1,3 @@
+"""torch.optim wrappers (being written)."""
+
+__all__: list[str] = []
