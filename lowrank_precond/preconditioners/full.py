@@ -1,0 +1,122 @@
+"""Dense full-matrix AdaGrad: the exact baseline that the low-rank methods approximate.
+
+This module is the only place in the library where a ``d x d`` array lives (besides the
+``.dense()`` methods meant for tests); use it for small ``d`` and as a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from lowrank_precond.backends import array_namespace, check_int, device_of
+from lowrank_precond.linalg import inverse_root
+from lowrank_precond.preconditioners._common import check_eps, check_param
+from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+
+__all__ = ["DEFAULT_MAX_DIM", "FullMatrixAdaGradState", "full_matrix_adagrad"]
+
+#: default largest ``d`` that :func:`full_matrix_adagrad` accepts: a 4096 x 4096 float64 Gram
+#: matrix is 128 MiB and its eigendecomposition (every step) takes about a second on a CPU.
+DEFAULT_MAX_DIM = 4096
+
+
+@dataclass
+class FullMatrixAdaGradState:
+    """State of :func:`full_matrix_adagrad`.
+
+    Attributes
+    ----------
+    t : int
+        Number of updates applied.
+    G : array, shape (d, d)
+        ``sum_s g_s g_s^T`` over the flattened gradients (without the ``eps I`` start, which
+        is added to the eigenvalues), in the parameter's dtype.
+    """
+
+    t: int
+    G: Any
+
+
+def full_matrix_adagrad(
+    eps: float = 1e-8, max_dim: int = DEFAULT_MAX_DIM, nonfinite: str = "raise"
+) -> Preconditioner:
+    """Full-matrix AdaGrad with a dense ``d x d`` Gram matrix (ALGORITHMS.md section E).
+
+    The parameter is flattened to ``d = x.size`` entries. Each update does
+    ``G <- G + g g^T`` and returns ``(eps I + G)^{-1/2} g``, computed from ``eigh(G)`` as
+    ``E diag((max(w, 0) + eps)^{-1/2}) E^T g`` (eps inside the root, ``G_0 = eps I``: the same
+    eps as diagonal AdaGrad, ASGO and AdaGram) through
+    :func:`lowrank_precond.linalg.inverse_root`, which does the eigendecomposition in float64
+    for float32 input [E03].
+
+    Cost: O(d^2) memory, O(d^3) time per step. ``init`` refuses ``d > max_dim``; for large
+    ``d`` use the low-rank ``adagram`` or ``sketched_adagrad``.
+
+    Parameters
+    ----------
+    eps : float, > 0
+        Damping inside the root.
+    max_dim : int, >= 1
+        Largest accepted ``d`` (default :data:`DEFAULT_MAX_DIM` = 4096: a 128 MiB float64 Gram
+        matrix and an O(d^3) eigendecomposition every step).
+    nonfinite : {"raise", "skip"}
+        What ``update`` does with a gradient containing NaN/inf.
+
+    Returns
+    -------
+    Preconditioner
+        ``init(x) -> FullMatrixAdaGradState`` for ``x`` of any shape with ``x.size <=
+        max_dim``; ``update(g, state) -> (direction, FullMatrixAdaGradState)``, the direction
+        in ``g``'s shape.
+
+    References
+    ----------
+    Duchi, Hazan, Singer, JMLR 2011 (full-matrix AdaGrad). ALGORITHMS.md section E [E01, E03].
+
+    Examples
+    --------
+    The first step from ``G = 0`` is ``g / sqrt(eps + |g|^2)``:
+
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> pre = pc.full_matrix_adagrad()
+    >>> state = pre.init(np.zeros(3))
+    >>> g = np.array([1.0, 2.0, 2.0])
+    >>> p, state = pre.update(g, state)
+    >>> bool(np.allclose(p, g / 3.0)), state.G.shape
+    (True, (3, 3))
+    """
+    eps = check_eps("eps", eps)
+    max_dim = check_int("max_dim", max_dim, minimum=1)
+
+    def init(x: Any) -> FullMatrixAdaGradState:
+        xp = check_param("x", x)
+        d = math.prod(x.shape)
+        if d > max_dim:
+            raise ValueError(
+                f"x: full_matrix_adagrad needs a dense {d} x {d} matrix and an O(d^3) "
+                f"eigendecomposition per step, but d={d} exceeds max_dim={max_dim}; use the "
+                "low-rank preconditioners 'adagram' or 'sketched_adagrad' (or raise max_dim)"
+            )
+        return FullMatrixAdaGradState(t=0, G=xp.zeros((d, d), dtype=x.dtype, device=device_of(x)))
+
+    def update(grad: Any, state: FullMatrixAdaGradState) -> tuple[Any, FullMatrixAdaGradState]:
+        xp = array_namespace(grad)
+        d = int(state.G.shape[0])
+        if math.prod(grad.shape) != d:
+            raise ValueError(
+                f"grad: has {math.prod(grad.shape)} entries but the state was initialised for d={d}"
+            )
+        g = xp.reshape(grad, (d,))
+        G = state.G + xp.reshape(g, (d, 1)) * xp.reshape(g, (1, d))
+        direction = inverse_root(G, eps) @ g
+        return xp.reshape(direction, grad.shape), FullMatrixAdaGradState(t=state.t + 1, G=G)
+
+    return Preconditioner(
+        "full_matrix_adagrad",
+        init,
+        guard_nonfinite(update, nonfinite),
+        {"eps": eps, "max_dim": max_dim, "nonfinite": nonfinite},
+    )
