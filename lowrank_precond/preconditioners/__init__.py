@@ -17,6 +17,8 @@ arXiv 2502.07488), ``asgo`` (arXiv 2503.20762) and the baselines ``adagrad``, ``
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _PUBLIC = {
@@ -67,3 +69,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keep ``pc.adadiag`` (``asgo``, ``adagram``) the factory, not the same-named submodule.
+
+    Importing a submodule makes the import system ``setattr`` it on this package, which
+    would shadow the lazily resolved factory of the same name (and ``get``). The factory is
+    bound instead; the submodule stays available from ``sys.modules`` (``from
+    lowrank_precond.preconditioners.adadiag import AdaDiagState`` works as usual).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _PUBLIC.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
