@@ -23,6 +23,7 @@ from typing import Any
 _PUBLIC = {
     "Factored": "lowrank",
     "LowRank": "lowrank",
+    "rank_one_increment": "factorization",
     "inverse_factor_update": "factorization",
     "published_direction": "factorization",
     "symmetric_direction": "factorization",
