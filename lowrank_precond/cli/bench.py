@@ -1,0 +1,277 @@
+"""``lowrank-precond bench``: ms per preconditioner step against the memory-bandwidth floor.
+
+For each dimension ``d`` (and rank ``r``, dtype) the floor is measured in the same run: the
+time to read and write ``U`` and ``V`` (``d x r`` each) once, ``U2 = U * 1.0; V2 = V * 1.0``.
+A rank-r method cannot do its step in less; the ratio ``step / floor`` says how close to that
+floor an implementation runs. Diagonal AdaGrad (one pass over ``d``) is the other yardstick.
+
+:func:`run` is the importable core (the asv suite and the docs use it); the subcommand prints
+its table or ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowrank_precond import backends
+from lowrank_precond import preconditioners as pc
+
+__all__ = ["BenchRow", "METHOD_SPECS", "add_parser", "measure", "run"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as benchmarked: a label, the factory name and its keyword arguments."""
+
+    label: str
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    uses_rank: bool = True
+    max_dim: int | None = None  # skipped above this d (the dense baseline)
+
+
+#: the methods ``bench`` times by default, in table order
+METHOD_SPECS: tuple[MethodSpec, ...] = (
+    MethodSpec("adagrad", "adagrad", uses_rank=False),
+    MethodSpec("adam", "adam", uses_rank=False),
+    MethodSpec("adagram ksl published", "adagram", {"integrator": "projector_splitting"}),
+    MethodSpec(
+        "adagram ksl symmetric",
+        "adagram",
+        {"integrator": "projector_splitting", "direction": "symmetric"},
+    ),
+    MethodSpec("adagram svd published", "adagram", {"integrator": "truncated_svd"}),
+    MethodSpec("adagram bug published", "adagram", {"integrator": "basis_update_galerkin"}),
+    MethodSpec("sketched_adagrad", "sketched_adagrad"),
+    MethodSpec("full_matrix_adagrad", "full_matrix_adagrad", uses_rank=False, max_dim=2000),
+)
+
+
+@dataclass
+class BenchRow:
+    """One line of the table."""
+
+    backend: str
+    device: str
+    dtype: str
+    d: int
+    rank: int
+    method: str
+    ms: float
+    floor_ms: float
+    ratio_floor: float
+    ratio_adagrad: float | None
+
+
+def measure(fn: Callable[[], Any], *, repeat: int, sync: Any = None) -> float:
+    """Best wall time of ``fn()`` over ``repeat`` calls, in seconds (device synchronised)."""
+    best = float("inf")
+    for _ in range(repeat):
+        backends.synchronize(sync)
+        start = time.perf_counter()
+        fn()
+        backends.synchronize(sync)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _floor(xp: Any, d: int, rank: int, dtype: Any, device: Any, repeat: int) -> float:
+    U = xp.ones((d, rank), dtype=dtype, device=device)
+    V = xp.ones((d, rank), dtype=dtype, device=device)
+
+    def copy() -> Any:
+        return U * 1.0, V * 1.0
+
+    return measure(copy, repeat=repeat, sync=U)
+
+
+def _time_method(
+    spec: MethodSpec, xp: Any, d: int, rank: int, dtype: Any, device: Any, repeat: int, seed: int
+) -> float:
+    import numpy as np
+
+    kwargs = dict(spec.kwargs)
+    if spec.uses_rank:
+        kwargs["rank"] = rank
+    pre = pc.get(spec.factory)(**kwargs)
+    rng = np.random.default_rng(seed)
+    # a small pool of gradients, moved to the backend once; cycling them keeps the state real
+    pool = [xp.asarray(rng.standard_normal(d), dtype=dtype, device=device) for _ in range(4)]
+    state = pre.init(pool[0])
+    # warm up past the exact phase so the rank-r (truncating) path is what is timed
+    for i in range(rank + 3):
+        _, state = pre.update(pool[i % len(pool)], state)
+    box = {"state": state, "i": 0}
+
+    def step() -> Any:
+        box["i"] += 1
+        direction, box["state"] = pre.update(pool[box["i"] % len(pool)], box["state"])
+        return direction
+
+    return measure(step, repeat=repeat, sync=pool[0])
+
+
+def run(
+    *,
+    backend: str = "numpy",
+    device: str | None = None,
+    dims: Sequence[int] = (10_000, 100_000, 1_000_000),
+    ranks: Sequence[int] = (5,),
+    dtypes: Sequence[str] = ("float64",),
+    methods: Sequence[str] | None = None,
+    repeat: int = 5,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[BenchRow]:
+    """Time one ``update`` of each method; return one :class:`BenchRow` per measurement.
+
+    Parameters
+    ----------
+    backend : {"numpy", "torch", "cupy"}
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ... (torch); default: the backend's default device.
+    dims, ranks : sequences of int
+    dtypes : sequence of {"float32", "float64"}
+    methods : sequence of str, optional
+        Labels from :data:`METHOD_SPECS` (default: all).
+    repeat : int
+        Timed calls per measurement; the best is kept.
+
+    Examples
+    --------
+    >>> rows = run(dims=[1000], ranks=[2], methods=["adagrad"], repeat=1)
+    >>> rows[0].method, rows[0].d
+    ('adagrad', 1000)
+    """
+    from tqdm.auto import tqdm
+
+    xp = backends.get(backend)
+    specs = list(METHOD_SPECS)
+    if methods is not None:
+        by_label = {s.label: s for s in METHOD_SPECS}
+        unknown = [m for m in methods if m not in by_label]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; expected labels from {list(by_label)}")
+        specs = [by_label[m] for m in methods]
+    jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
+    rows: list[BenchRow] = []
+    for dtype_name, d, rank in tqdm(jobs, disable=not progress, desc="bench", unit="size"):
+        if rank > d:
+            raise ValueError(f"ranks: rank {rank} exceeds d={d}")
+        dtype = getattr(xp, dtype_name)
+        floor = _floor(xp, d, rank, dtype, device, repeat)
+        times: dict[str, float] = {}
+        for spec in specs:
+            if spec.max_dim is not None and d > spec.max_dim:
+                continue
+            times[spec.label] = _time_method(spec, xp, d, rank, dtype, device, repeat, seed)
+        base = times.get("adagrad")
+        for label, sec in times.items():
+            rows.append(
+                BenchRow(
+                    backend=backend,
+                    device=str(device or "default"),
+                    dtype=dtype_name,
+                    d=d,
+                    rank=rank,
+                    method=label,
+                    ms=sec * 1e3,
+                    floor_ms=floor * 1e3,
+                    ratio_floor=sec / floor,
+                    ratio_adagrad=None if base is None else sec / base,
+                )
+            )
+    return rows
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(float(t)) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="ms per step of each method vs the memory-bandwidth floor and diagonal AdaGrad",
+        description="Time one preconditioner update per method and print it next to the "
+        "memory-bandwidth floor measured in the same run (read + write U and V once) and "
+        "diagonal AdaGrad.",
+    )
+    p.add_argument("--backend", default="numpy", help="numpy, torch or cupy (default numpy)")
+    p.add_argument("--device", default=None, help="device for torch, e.g. cpu or cuda")
+    p.add_argument(
+        "--dims",
+        type=_ints,
+        default=[10_000, 100_000, 1_000_000],
+        help="comma-separated dimensions d (default 1e4,1e5,1e6)",
+    )
+    p.add_argument("--ranks", type=_ints, default=[5], help="comma-separated ranks (default 5)")
+    p.add_argument("--dtypes", default="float64", help="float32,float64 (default float64)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated labels (default all): " + ", ".join(s.label for s in METHOD_SPECS),
+    )
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per cell; best kept")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.set_defaults(run=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lowrank_precond.cli import UsageError
+
+    if args.backend not in ("numpy", "torch", "cupy"):
+        raise UsageError(f"--backend: expected numpy, torch or cupy, got {args.backend!r}")
+    dtypes = [t for t in args.dtypes.split(",") if t]
+    bad = [t for t in dtypes if t not in ("float32", "float64")]
+    if bad:
+        raise UsageError(f"--dtypes: expected float32/float64, got {bad}")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat: must be >= 1, got {args.repeat}")
+    if any(d < 1 for d in args.dims) or any(r < 1 for r in args.ranks):
+        raise UsageError("--dims/--ranks: must be positive integers")
+    methods = args.methods.split(",") if args.methods else None
+    try:
+        rows = run(
+            backend=args.backend,
+            device=args.device,
+            dims=args.dims,
+            ranks=args.ranks,
+            dtypes=dtypes,
+            methods=methods,
+            repeat=args.repeat,
+            progress=not args.json,
+        )
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    header = (
+        f"{'backend':<8} {'dtype':<8} {'d':>9} {'r':>3} {'method':<24} {'ms/step':>9} "
+        f"{'floor ms':>9} {'x floor':>8} {'x adagrad':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        adag = "" if r.ratio_adagrad is None else f"{r.ratio_adagrad:9.2f}"
+        print(
+            f"{r.backend:<8} {r.dtype:<8} {r.d:>9} {r.rank:>3} {r.method:<24} {r.ms:9.3f} "
+            f"{r.floor_ms:9.3f} {r.ratio_floor:8.2f} {adag:>9}"
+        )
+    print(
+        "floor = read + write U and V (d x r each) once, measured in this run; best of "
+        f"{args.repeat} calls"
+    )
+    return 0
