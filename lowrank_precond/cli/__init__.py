@@ -20,7 +20,7 @@ from lowrank_precond import __version__
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: subcommand name -> module (relative to this package)
-SUBCOMMANDS = ("info",)
+SUBCOMMANDS = ("info", "compare", "bench")
 
 
 class UsageError(Exception):

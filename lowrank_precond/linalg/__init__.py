@@ -16,43 +16,49 @@ diagonalization  SVD bases (AdaDiag) and inverse matrix roots (ASGO)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lowrank_precond.linalg.diagonalization import inverse_root, svd_basis
+from lowrank_precond.linalg.factorization import (
+    IncrementInfo,
+    factor_health,
+    inverse_factor_update,
+    newton_direction,
+    published_direction,
+    rank_one_increment,
+    symmetric_direction,
+)
+from lowrank_precond.linalg.integrators import (
+    basis_update_galerkin,
+    projector_splitting,
+    recompress,
+    truncated_svd,
+)
+from lowrank_precond.linalg.kernels import orthonormalize, qr_tall
+from lowrank_precond.linalg.lowrank import Factored, LowRank
+from lowrank_precond.linalg.sketch import (
+    GramSketch,
+    gram_sketch_update,
+    sketch_inverse_sqrt_apply,
+)
 
-# public name -> submodule that defines it
-_PUBLIC = {
-    "Factored": "lowrank",
-    "LowRank": "lowrank",
-    "rank_one_increment": "factorization",
-    "inverse_factor_update": "factorization",
-    "published_direction": "factorization",
-    "symmetric_direction": "factorization",
-    "newton_direction": "factorization",
-    "factor_health": "factorization",
-    "truncated_svd": "integrators",
-    "projector_splitting": "integrators",
-    "basis_update_galerkin": "integrators",
-    "recompress": "integrators",
-    "orthonormalize": "kernels",
-    "GramSketch": "sketch",
-    "gram_sketch_update": "sketch",
-    "sketch_inverse_sqrt_apply": "sketch",
-    "svd_basis": "diagonalization",
-    "inverse_root": "diagonalization",
-}
-
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _PUBLIC[name]
-    except KeyError:
-        raise AttributeError(f"module 'lowrank_precond.linalg' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"lowrank_precond.linalg.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "Factored",
+    "GramSketch",
+    "IncrementInfo",
+    "LowRank",
+    "basis_update_galerkin",
+    "factor_health",
+    "gram_sketch_update",
+    "inverse_factor_update",
+    "inverse_root",
+    "newton_direction",
+    "orthonormalize",
+    "projector_splitting",
+    "published_direction",
+    "qr_tall",
+    "rank_one_increment",
+    "recompress",
+    "sketch_inverse_sqrt_apply",
+    "svd_basis",
+    "symmetric_direction",
+    "truncated_svd",
+]

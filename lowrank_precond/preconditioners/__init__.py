@@ -16,22 +16,17 @@ arXiv 2502.07488), ``asgo`` (arXiv 2503.20762) and the baselines ``adagrad``, ``
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import Any
+from collections.abc import Callable
 
-_PUBLIC = {
-    "Preconditioner": "base",
-    "adagram": "adagram",
-    "adamgram": "adagram",
-    "sketched_adagrad": "sketched",
-    "adadiag": "adadiag",
-    "asgo": "asgo",
-    "adagrad": "diagonal",
-    "adam": "diagonal",
-    "full_matrix_adagrad": "full",
-}
+# Importing a submodule binds it on this package; the ``from`` imports below then rebind
+# the public name to the factory of the same name (``adadiag``, ``asgo``, ``adagram``).
+from lowrank_precond.preconditioners.adadiag import adadiag
+from lowrank_precond.preconditioners.adagram import adagram, adamgram
+from lowrank_precond.preconditioners.asgo import asgo
+from lowrank_precond.preconditioners.base import Preconditioner
+from lowrank_precond.preconditioners.diagonal import adagrad, adam
+from lowrank_precond.preconditioners.full import full_matrix_adagrad
+from lowrank_precond.preconditioners.sketched import sketched_adagrad
 
 #: every method name accepted by ``lowrank_precond.minimize`` and the torch wrappers
 METHODS = (
@@ -45,45 +40,44 @@ METHODS = (
     "full_matrix_adagrad",
 )
 
-__all__ = sorted(_PUBLIC) + ["METHODS", "get"]
+_FACTORIES: dict[str, Callable[..., Preconditioner]] = {
+    "adagram": adagram,
+    "adamgram": adamgram,
+    "sketched_adagrad": sketched_adagrad,
+    "adadiag": adadiag,
+    "asgo": asgo,
+    "adagrad": adagrad,
+    "adam": adam,
+    "full_matrix_adagrad": full_matrix_adagrad,
+}
+
+__all__ = [
+    "METHODS",
+    "Preconditioner",
+    "adadiag",
+    "adagrad",
+    "adagram",
+    "adam",
+    "adamgram",
+    "asgo",
+    "full_matrix_adagrad",
+    "get",
+    "sketched_adagrad",
+]
 
 
-def get(name: str) -> Any:
-    """Return the factory of method ``name`` (one of :data:`METHODS`)."""
-    if name not in METHODS:
-        raise ValueError(f"method: unknown preconditioner {name!r}; expected one of {METHODS}")
-    return globals().get(name) or __getattr__(name)
+def get(name: str) -> Callable[..., Preconditioner]:
+    """Return the factory of method ``name`` (one of :data:`METHODS`).
 
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _PUBLIC[name]
-    except KeyError:
-        raise AttributeError(
-            f"module 'lowrank_precond.preconditioners' has no attribute {name!r}"
-        ) from None
-    value = getattr(importlib.import_module(f"lowrank_precond.preconditioners.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keep ``pc.adadiag`` (``asgo``, ``adagram``) the factory, not the same-named submodule.
-
-    Importing a submodule makes the import system ``setattr`` it on this package, which
-    would shadow the lazily resolved factory of the same name (and ``get``). The factory is
-    bound instead; the submodule stays available from ``sys.modules`` (``from
-    lowrank_precond.preconditioners.adadiag import AdaDiagState`` works as usual).
+    Examples
+    --------
+    >>> from lowrank_precond import preconditioners as pc
+    >>> pc.get("adagram") is pc.adagram
+    True
     """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _PUBLIC.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    try:
+        return _FACTORIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"method: unknown preconditioner {name!r}; expected one of {METHODS}"
+        ) from None
