@@ -1,0 +1,623 @@
+"""AdaGram and AdamGram: full-matrix AdaGrad through a rank-one-updated inverse factor.
+
+AdaGram (arXiv 2508.21106) keeps ``L_t^{-1} = eps^{-1/2} (I - M_t)`` with ``L_t L_t^T = G_t =
+eps I + sum_s g_s g_s^T`` and ``M_t = M_{t-1} + x y^T`` (ALGORITHMS.md A.1). ``M`` is either
+kept exactly (``P Q^T``, one column pair per accepted step) or, past ``rank`` columns, as a
+rank-``r`` ``U S V^T`` advanced by a low-rank integrator (section B). The two factories share
+one mechanism: :func:`adagram` applies the updated factor to the gradient, :func:`adamgram`
+applies the same factor to an Adam-style bias-corrected first moment of the gradients.
+
+All of the linear algebra lives in :mod:`lowrank_precond.linalg` (``factorization`` and
+``integrators``); this module is the bookkeeping around it: flattening, dtypes, warm-up,
+truncation policy, moments and the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
+from lowrank_precond.linalg.factorization import (
+    inverse_factor_update,
+    newton_direction,
+    published_direction,
+    rank_one_increment,
+    symmetric_direction,
+)
+from lowrank_precond.linalg.integrators import (
+    basis_update_galerkin,
+    projector_splitting,
+    recompress,
+    truncated_svd,
+)
+from lowrank_precond.linalg.lowrank import Factored, LowRank
+from lowrank_precond.preconditioners._common import (
+    bias_correction,
+    check_betas,
+    check_eps,
+    check_param,
+    ema,
+)
+from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+
+__all__ = [
+    "DIRECTIONS",
+    "INTEGRATORS",
+    "AdaGramState",
+    "AdamGramState",
+    "adagram",
+    "adamgram",
+]
+
+#: accepted values of ``direction``
+DIRECTIONS = ("published", "symmetric", "newton")
+#: accepted names of ``integrator`` (a callable ``f(lowrank, x, y) -> LowRank`` also works)
+INTEGRATORS = ("truncated_svd", "projector_splitting", "basis_update_galerkin")
+_FACTOR_DTYPES = ("float32", "float64")
+
+Integrator = Callable[[LowRank, Any, Any], LowRank]
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class AdaGramState:
+    """State of :func:`adagram` (flat: ``dataclasses.asdict`` is a checkpoint).
+
+    ``M`` is stored in exactly one of two forms; the arrays of the other form are empty
+    (``(d, 0)`` / ``(0, 0)``), so every field always exists and the state stays flat.
+
+    Attributes
+    ----------
+    t : int
+        Number of accepted steps (gradients with ``gbar != 0``; a zero gradient is no step).
+    sumsq : float
+        ``sum_s |g_s|^2`` over the accepted steps (for the health bound
+        ``sv(I - M) in [sqrt(eps / (eps + sumsq)), 1]``, ALGORITHMS.md A.7 [A10]).
+    last_rho : float
+        ``rho_t = eps |gbar_t|^2 / |g_t|^2`` of the last accepted step (``0.0`` before the
+        first). On an exact factor ``rho_t <= 1`` always [B14]; ``rho_t > 1`` certifies that a
+        truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed (B.3). Free:
+        both norms are computed by the step anyway.
+    P, Q : array, shape (d, k)
+        Exact form ``M = P Q^T`` (``k <= rank``, or unbounded for ``rank=None``); ``(d, 0)``
+        once truncated.
+    U, V : array, shape (d, r)
+        Truncated form ``M = U S V^T`` (orthonormal columns); ``(d, 0)`` while exact.
+    S : array, shape (r, r)
+        Core of the truncated form (diagonal only for ``integrator="truncated_svd"``);
+        ``(0, 0)`` while exact.
+
+    All arrays have the factor dtype (see ``factor_dtype`` in :func:`adagram`) and the
+    parameter's device. :attr:`factor` returns ``M`` as a ``Factored`` or ``LowRank``, e.g. for
+    :func:`lowrank_precond.linalg.factor_health`.
+    """
+
+    t: int
+    sumsq: float
+    last_rho: float
+    P: Any
+    Q: Any
+    U: Any
+    S: Any
+    V: Any
+
+    @property
+    def truncated(self) -> bool:
+        """True once ``M`` is held as ``U S V^T`` (after the warm-up of ``rank`` steps)."""
+        return int(self.U.shape[1]) > 0
+
+    @property
+    def factor(self) -> Factored | LowRank:
+        """``M`` as ``LowRank(U, S, V)`` when :attr:`truncated`, else ``Factored(P, Q)``."""
+        if self.truncated:
+            return LowRank(self.U, self.S, self.V)
+        return Factored(self.P, self.Q)
+
+
+@dataclass
+class AdamGramState(AdaGramState):
+    """State of :func:`adamgram`: :class:`AdaGramState`'s fields plus the first moment.
+
+    Attributes
+    ----------
+    count : int
+        Number of moment updates (every finite gradient, zeros included), the ``t`` of the
+        bias correction ``1 - b1^count``. ``t`` still counts accepted factor updates.
+    m : array, shape (d,)
+        ``m = b1 m + (1 - b1) g`` (not bias-corrected), in the factor dtype.
+    """
+
+    count: int
+    m: Any
+
+
+# --------------------------------------------------------------------------- shared mechanism
+
+
+def _dtype_name(factor_dtype: Any) -> str | None:
+    """Normalise ``factor_dtype`` (None, "float32"/"float64" or a dtype object) to a name."""
+    if factor_dtype is None:
+        return None
+    if isinstance(factor_dtype, str):
+        name = factor_dtype
+    else:  # np.float64, np.dtype("float64"), torch.float64, array_api_strict.float64, ...
+        name = getattr(factor_dtype, "__name__", None) or str(factor_dtype)
+        name = name.rsplit(".", 1)[-1]
+    if name not in _FACTOR_DTYPES:
+        raise ValueError(
+            f"factor_dtype: expected None, 'float32' or 'float64' (or that dtype), "
+            f"got {factor_dtype!r}"
+        )
+    return name
+
+
+def _check_integrator(integrator: Any, order: int, tol: float) -> None:
+    if callable(integrator):
+        if order != 1 or tol != 0.0:
+            raise ValueError(
+                "order/tol: only used by the named integrators 'projector_splitting' (order) "
+                "and 'basis_update_galerkin' (tol); a callable integrator takes neither"
+            )
+        return
+    check_in("integrator", integrator, INTEGRATORS)
+    if order != 1 and integrator != "projector_splitting":
+        raise ValueError(
+            f"order: {order} is only meaningful for integrator='projector_splitting', "
+            f"got integrator={integrator!r}"
+        )
+    if tol != 0.0 and integrator != "basis_update_galerkin":
+        raise ValueError(
+            f"tol: {tol} is only meaningful for integrator='basis_update_galerkin' "
+            f"(rank-adaptive BUG), got integrator={integrator!r}"
+        )
+
+
+def _make_integrator(integrator: Any, rank: int, order: int, tol: float) -> Integrator:
+    if callable(integrator):
+        return integrator
+    if integrator == "truncated_svd":
+        return lambda low, x, y: truncated_svd(low, x, y, rank)
+    if integrator == "projector_splitting":
+        return lambda low, x, y: projector_splitting(low, x, y, order=order)
+    if tol > 0.0:
+        return lambda low, x, y: basis_update_galerkin(
+            low, x, y, rank_adaptive=True, tol=tol, max_rank=rank
+        )
+    return lambda low, x, y: basis_update_galerkin(low, x, y)
+
+
+class _Updated:
+    """The updated matrix ``M^+ = M_old + x y^T`` of one step, before any truncation (B.1).
+
+    Holds what the directions need without building anything they do not use: the published
+    and newton directions of ``g`` itself are O(d) / one ``rmatvec`` of the old ``M``; the
+    ``Factored`` form (``[P, x], [Q, y]`` or ``[U S, x], [V, y]``) is built only on demand.
+    ``info is None`` marks a skipped step (``gbar = 0``): then ``M^+ = M_old``.
+    """
+
+    def __init__(self, old: Factored | LowRank, info: Any, plus: Factored | None = None):
+        self.old, self.info, self._plus = old, info, plus
+
+    def matrix(self) -> Factored | LowRank:
+        if self.info is None:
+            return self.old
+        if self._plus is None:
+            xp = array_namespace(self.info.x)
+            old = self.old
+            x, y = xp.reshape(self.info.x, (-1, 1)), xp.reshape(self.info.y, (-1, 1))
+            self._plus = Factored(
+                xp.concat([old.U @ old.S, x], axis=1), xp.concat([old.V, y], axis=1)
+            )
+        return self._plus
+
+    def rmatvec(self, v: Any) -> Any:
+        """``(M^+)^T v = M_old^T v + y (x . v)``."""
+        if self.info is None:
+            return self.old.rmatvec(v)
+        xp = array_namespace(v)
+        return self.old.rmatvec(v) + self.info.y * xp.vecdot(self.info.x, v)
+
+
+def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
+    z = xp.zeros((d, 0), dtype=dtype, device=device)
+    return {"P": z, "Q": z, "U": z, "S": xp.zeros((0, 0), dtype=dtype, device=device), "V": z}
+
+
+def _norm(xp: Any, g: Any) -> float:
+    """``|g|`` as a Python float; rescaled when the plain norm under/overflows."""
+    n = float(xp.linalg.vector_norm(g))
+    if n == 0.0 or not math.isfinite(n):
+        m = float(xp.max(xp.abs(g)))
+        n = m * float(xp.linalg.vector_norm(g / m)) if m > 0.0 else 0.0
+    return n
+
+
+def _advance(
+    state: AdaGramState, g: Any, *, rank: int | None, integrate: Integrator, eps: float
+) -> tuple[_Updated, dict[str, Any] | None]:
+    """One factor step on the flat gradient ``g`` (factor dtype).
+
+    Returns ``(updated, fields)``: ``updated`` is ``M^+`` (what the directions use) and
+    ``fields`` the new state's factor fields and counters, or ``None`` when ``gbar = 0`` (the
+    state must then be returned unchanged).
+    """
+    xp = array_namespace(g)
+    d = int(g.shape[0])
+    if state.truncated:
+        old = LowRank(state.U, state.S, state.V)
+        info = rank_one_increment(old, g, eps)
+        if info.skipped:
+            return _Updated(old, None), None
+        new = integrate(old, info.x, info.y)
+        plus = None
+        factors = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+    else:
+        old = Factored(state.P, state.Q)
+        plus, info = inverse_factor_update(old, g, eps)
+        if info.skipped:
+            return _Updated(old, None), None
+        if rank is None or old.rank < rank:  # exact growth (warm-up, or rank=None)
+            factors = {"P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V}
+        else:  # this step would make k = rank + 1: recompress, then integrate (B.1)
+            new = integrate(recompress(old, rank), info.x, info.y)
+            factors = _empty_factors(xp, d, g.dtype, device_of(g))
+            factors.update(U=new.U, S=new.S, V=new.V)
+    gnorm = _norm(xp, g)
+    ratio = math.sqrt(eps) * info.nu / gnorm  # g != 0 here, since gbar != 0
+    fields = dict(factors)
+    fields["t"] = state.t + 1
+    fields["sumsq"] = state.sumsq + gnorm * gnorm
+    fields["last_rho"] = ratio * ratio
+    return _Updated(old, info, plus), fields
+
+
+def _direction(updated: _Updated, v: Any, kind: str, eps: float, *, v_is_g: bool) -> Any:
+    """Apply the preconditioner of ``M^+`` to ``v`` (A.4).
+
+    ``published``: ``L^{-1} v = eps^{-1/2} (v - M^+ v)``; ``symmetric``: ``G^{-1/2} v``;
+    ``newton``: ``G^{-1} v = L^{-T} L^{-1} v``. When ``v`` is the step's own gradient the
+    published direction is ``gbar / s`` [A05] and newton is ``L^{-T}`` of it, one ``rmatvec``.
+    """
+    info = updated.info
+    if kind == "symmetric":
+        return symmetric_direction(updated.matrix(), v, eps)
+    if v_is_g and info is None:  # gbar = 0: both cheap directions vanish
+        xp = array_namespace(v)
+        return xp.zeros_like(v)
+    if kind == "published":
+        if v_is_g:
+            return info.published
+        return published_direction(updated.matrix(), v, eps)
+    if v_is_g:
+        p = info.published
+        return (p - updated.rmatvec(p)) / math.sqrt(eps)
+    return newton_direction(updated.matrix(), v, eps)
+
+
+class _Core:
+    """What :func:`adagram` and :func:`adamgram` share: validation, init and the factor step."""
+
+    def __init__(self, rank, integrator, direction, eps, order, tol, factor_dtype):
+        self.rank = None if rank is None else check_int("rank", rank, minimum=1)
+        self.direction = check_in("direction", direction, DIRECTIONS)
+        self.eps = check_eps("eps", eps)
+        self.order = check_in("order", check_int("order", order), (1, 2))
+        self.tol = check_positive("tol", tol, allow_zero=True)
+        _check_integrator(integrator, self.order, self.tol)
+        self.integrator = integrator
+        self.factor_dtype = _dtype_name(factor_dtype)
+
+    def hyperparams(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "integrator": self.integrator,
+            "direction": self.direction,
+            "eps": self.eps,
+            "order": self.order,
+            "tol": self.tol,
+            "factor_dtype": self.factor_dtype,
+        }
+
+    def dtype_for(self, xp: Any, param_dtype: Any) -> Any:
+        if self.factor_dtype is None:
+            return xp.float64 if param_dtype == xp.float32 else param_dtype
+        return getattr(xp, self.factor_dtype)
+
+    def init_fields(self, x: Any) -> dict[str, Any]:
+        xp = check_param("x", x)
+        d = math.prod(x.shape)
+        if d == 0:
+            raise ValueError("x: the parameter has no entries")
+        fields = _empty_factors(xp, d, self.dtype_for(xp, x.dtype), device_of(x))
+        fields.update(t=0, sumsq=0.0, last_rho=0.0)
+        return fields
+
+    def flat(self, grad: Any, state: AdaGramState) -> Any:
+        """``grad`` flattened to ``(d,)`` in the factor dtype (checked against the state)."""
+        xp = array_namespace(grad)
+        d = int(state.P.shape[0])
+        if math.prod(grad.shape) != d:
+            raise ValueError(
+                f"grad: has {math.prod(grad.shape)} entries but the state was initialised "
+                f"for d={d}"
+            )
+        g = xp.reshape(grad, (d,))
+        return g if g.dtype == state.P.dtype else xp.astype(g, state.P.dtype)
+
+    def advance(self, state: AdaGramState, g: Any):
+        # the state's own d bounds the rank: with d <= rank, rank d is exact
+        d = int(g.shape[0])
+        rank = None if self.rank is None else min(self.rank, d)
+        integrate = _make_integrator(self.integrator, rank or d, self.order, self.tol)
+        return _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
+
+
+def _output(p: Any, grad: Any) -> Any:
+    xp = array_namespace(grad)
+    if p.dtype != grad.dtype:
+        p = xp.astype(p, grad.dtype)
+    return xp.reshape(p, tuple(grad.shape))
+
+
+_ARGS_DOC = """
+    rank : int >= 1 or None
+        ``None``: exact, growing ``M = P Q^T`` (memory ``2 d t``, O(d t) per step: for short
+        runs and tests). An int ``r``: exact growth for the first ``r`` accepted steps, then at
+        the step that would make ``k = r + 1`` the exact state is converted with
+        ``recompress(P Q^T, r)`` and from then on the integrator advances ``U S V^T`` every step
+        (memory ``2 d r``, O(d r^2) per step; B.1). A parameter with ``d <= rank`` uses rank
+        ``d``, which is exact.
+    integrator : {"projector_splitting", "truncated_svd", "basis_update_galerkin"} or callable
+        How a rank-``r`` ``M`` absorbs ``x y^T`` (B.2): KSL projector splitting (``order`` 1:
+        Lie-Trotter, 2: Strang), best rank-``r`` truncation of ``M + x y^T``, or BUG. A callable
+        ``f(lowrank, x, y) -> LowRank`` is used as given (it must keep the rank bounded). Unused
+        when ``rank=None``.
+    direction : {"published", "symmetric", "newton"}
+        ``"published"``: ``L_t^{-1} v`` (AdaGram as published; not symmetric, can point
+        uphill [A13]); ``"symmetric"``: ``G_t^{-1/2} v``, the true full-matrix AdaGrad step
+        (O(d k^2) per step); ``"newton"``: ``G_t^{-1} v`` (ONS-like, other units: own ``lr``).
+        Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation (B.1).
+    eps : float > 0
+        ``G_0 = eps I`` (inside the root, the same eps as full-matrix AdaGrad).
+    order : {1, 2}
+        Splitting order of ``"projector_splitting"`` (only that integrator accepts ``2``).
+    tol : float >= 0
+        ``> 0`` makes ``"basis_update_galerkin"`` rank-adaptive: it keeps the smallest rank
+        ``r1 <= rank`` whose discarded singular values have norm ``<= tol`` (for a rank-one
+        increment this equals SVD truncation [B07]). Only that integrator accepts ``tol > 0``.
+    nonfinite : {"raise", "skip"}
+        A gradient with NaN/inf raises ``FloatingPointError`` before touching the state, or
+        (``"skip"``) gives a zero direction and the very same state.
+    factor_dtype : None, "float32", "float64" (or that dtype object)
+        dtype of the stored factor and of the step's arithmetic. ``None``: float64 when the
+        parameter is float32, else the parameter's dtype. Directions are cast back to the
+        parameter's dtype. Why: ``I - M`` has singular values ``sqrt(eps / lambda_i(G))``
+        [A10], so ``g - M g`` cancels and the direction's relative error is about
+        ``0.4 u sqrt(lambda_max(G) / eps)`` (``u`` the unit roundoff of the factor dtype) [A15]:
+        with a float32 factor (``u = 6e-8``) and ``eps = 1e-8`` that is already ``2e-3`` at
+        ``lambda_max = 100``, and tens of percent for the authors' ``eps = 1e-10`` at
+        ``lambda_max ~ 1e4``; a float64 factor keeps it below ~1e-9 there, so the float32
+        output is then exact to float32 rounding.
+        Choose ``"float32"`` only when ``eps >= ~1e-6 lambda_max(G)`` (half the memory).
+"""
+
+
+def _fill_doc(func: Any) -> Any:
+    """Insert :data:`_ARGS_DOC` (the shared parameters) into ``func``'s docstring."""
+    doc = inspect.cleandoc(func.__doc__)
+    args = inspect.cleandoc(_ARGS_DOC)
+    func.__doc__ = doc.replace("%(adagram_args)s", args)
+    return func
+
+
+# --------------------------------------------------------------------------- adagram
+
+
+@_fill_doc
+def adagram(
+    rank: int | None = None,
+    integrator: str | Integrator = "projector_splitting",
+    direction: str = "published",
+    eps: float = 1e-8,
+    order: int = 1,
+    tol: float = 0.0,
+    nonfinite: str = "raise",
+    factor_dtype: Any = None,
+) -> Preconditioner:
+    """AdaGram: full-matrix AdaGrad through a rank-one-updated inverse factor (ALGORITHMS.md A, B).
+
+    The parameter is flattened to ``d = x.size`` entries. Each accepted step, with the old
+    ``M``::
+
+        gbar = eps^{-1/2} (g - M g);  nu = |gbar|;  s = hypot(1, nu);  b = 1 / (s (1 + s))
+        M^+ = M + x y^T,   x = b gbar,   y = gbar - M^T gbar                     [A04]
+        direction: published  L^{-1} g = gbar / s                               [A05]
+                   symmetric  G^{-1/2} g = eps^{-1/2} |I - M^+| g                [A07]
+                   newton     G^{-1} g  = eps^{-1/2} (p - M^+^T p),  p = gbar/s  [A08]
+
+    with ``L^{-1} = eps^{-1/2} (I - M^+)`` and ``G = eps I + sum g g^T``. Then ``M^+`` is
+    stored exactly or, past the warm-up, truncated to rank ``r`` by ``integrator`` (the
+    direction above is always that of ``M^+``, before truncation). ``|published| =
+    |symmetric| = nu / s < 1``, so a step never exceeds ``lr`` [A06]. ``g = 0`` (or ``gbar =
+    0``) is no step: zero direction, the same state object back [A09].
+
+    Parameters
+    ----------
+    %(adagram_args)s
+
+    Returns
+    -------
+    Preconditioner
+        ``init(x) -> AdaGramState``; ``update(g, state) -> (direction, AdaGramState)`` with
+        the direction in ``g``'s shape, dtype and backend. ``state.last_rho`` is a free health
+        check (``<= 1`` on exact states, B.3); ``factor_health(state.factor)`` is the O(d r^2)
+        one.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For a bad argument (the message names it); ``FloatingPointError`` from ``update`` for
+        a non-finite gradient with ``nonfinite="raise"``.
+
+    References
+    ----------
+    AdaGram, arXiv 2508.21106. Lubich & Oseledets 2014 (projector splitting); Ceruti & Lubich
+    2022 (BUG). ALGORITHMS.md A.1-A.7 and B.1-B.3.
+
+    Examples
+    --------
+    The exact published and symmetric directions against dense full-matrix formulas:
+
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> rng = np.random.default_rng(0)
+    >>> grads = rng.standard_normal((4, 6))
+    >>> G, L = 0.1 * np.eye(6), np.sqrt(0.1) * np.eye(6)
+    >>> pub, sym = pc.adagram(eps=0.1), pc.adagram(eps=0.1, direction="symmetric")
+    >>> s1, s2 = pub.init(np.zeros(6)), sym.init(np.zeros(6))
+    >>> for g in grads:
+    ...     gbar = np.linalg.solve(L, g)
+    ...     L = L @ (np.eye(6) + np.outer(gbar, gbar) / (1 + np.hypot(1, np.linalg.norm(gbar))))
+    ...     G += np.outer(g, g)
+    ...     p1, s1 = pub.update(g, s1)
+    ...     p2, s2 = sym.update(g, s2)
+    >>> w, E = np.linalg.eigh(G)
+    >>> sym_ref = E @ (E.T @ g / np.sqrt(w))
+    >>> bool(np.allclose(p1, np.linalg.solve(L, g))), bool(np.allclose(p2, sym_ref))
+    (True, True)
+    >>> s1.t, s1.P.shape
+    (4, (6, 4))
+
+    With ``rank=2`` the state is truncated after two steps:
+
+    >>> pre = pc.adagram(rank=2, eps=0.1)
+    >>> state = pre.init(np.zeros(6))
+    >>> for g in grads:
+    ...     p, state = pre.update(g, state)
+    >>> state.truncated, state.U.shape, state.P.shape, bool(np.linalg.norm(p) < 1)
+    (True, (6, 2), (6, 0), True)
+    """
+    core = _Core(rank, integrator, direction, eps, order, tol, factor_dtype)
+
+    def init(x: Any) -> AdaGramState:
+        return AdaGramState(**core.init_fields(x))
+
+    def update(grad: Any, state: AdaGramState) -> tuple[Any, AdaGramState]:
+        g = core.flat(grad, state)
+        updated, fields = core.advance(state, g)
+        if fields is None:
+            xp = array_namespace(grad)
+            return xp.zeros_like(grad), state
+        p = _direction(updated, g, core.direction, core.eps, v_is_g=True)
+        return _output(p, grad), AdaGramState(**fields)
+
+    hyper = core.hyperparams()
+    hyper["nonfinite"] = nonfinite
+    return Preconditioner("adagram", init, guard_nonfinite(update, nonfinite), hyper)
+
+
+# --------------------------------------------------------------------------- adamgram
+
+
+@_fill_doc
+def adamgram(
+    rank: int | None = None,
+    integrator: str | Integrator = "projector_splitting",
+    direction: str = "published",
+    eps: float = 1e-8,
+    betas: tuple[float, float] = (0.9, 0.0),
+    order: int = 1,
+    tol: float = 0.0,
+    nonfinite: str = "raise",
+    factor_dtype: Any = None,
+) -> Preconditioner:
+    """AdamGram: AdaGram's preconditioner applied to a bias-corrected first moment.
+
+    Exactly this, per finite gradient ``g`` (flattened, factor dtype)::
+
+        factor:  the AdaGram step of :func:`adagram` with the RAW g: G_t = eps I + sum g g^T,
+                 M^+ = M_{t-1} + x y^T (skipped, M^+ = M_{t-1}, when gbar = 0)
+        moment:  m = b1 m + (1 - b1) g;   count += 1;   m_hat = m / (1 - b1^count)
+        output:  published  L^{-1} m_hat = eps^{-1/2} (m_hat - M^+ m_hat)
+                 symmetric  G^{-1/2} m_hat
+                 newton     G^{-1} m_hat
+
+    i.e. Adam's first moment (bias-corrected) preconditioned by full-matrix AdaGrad's factor
+    in place of Adam's diagonal second moment, the factor being computed from ``M^+`` before
+    truncation, as in :func:`adagram`. There is no second-moment EMA (``betas[1]`` must be
+    ``0``): the Gram matrix is accumulated exactly as in AdaGram. With ``b1 = 0`` the
+    directions equal :func:`adagram`'s (to rounding). A zero gradient is a moment step (``m``
+    decays, the direction is the preconditioned ``m_hat``) but no factor step. The moment
+    ``m`` is kept in the factor dtype.
+
+    Step bound: ``|L^{-1} v| = |G^{-1/2} v|`` for any ``v``, and on an exact factor
+    ``G_t >= G_s`` with ``g_s^T G_s^{-1} g_s < 1`` [A06], so ``m_hat``, a convex combination of
+    past gradients, gives ``|published| = |symmetric| < 1`` as in AdaGram. After truncation
+    ``G_t >= G_s`` can fail (B.3) and the bound is not guaranteed.
+
+    Parameters
+    ----------
+    %(adagram_args)s
+    betas : (float, float)
+        ``(b1, 0.0)`` with ``b1`` in ``[0, 1)``: the first-moment decay; ``b2`` must be ``0``
+        (there is no second moment to average).
+
+    Returns
+    -------
+    Preconditioner
+        ``init(x) -> AdamGramState``; ``update(g, state) -> (direction, AdamGramState)``.
+
+    References
+    ----------
+    AdaGram / AdamGram, arXiv 2508.21106; Adam, Kingma & Ba 2015. ALGORITHMS.md A, B, E.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> g = np.array([3.0, 4.0])
+    >>> pre = pc.adamgram(eps=1.0, betas=(0.5, 0.0))
+    >>> state = pre.init(np.zeros(2))
+    >>> p, state = pre.update(g, state)        # first step: m_hat = g, as AdaGram
+    >>> bool(np.allclose(p, g / np.sqrt(26.0)))
+    True
+    >>> p, state = pre.update(np.zeros(2), state)  # m = g/4, m_hat = m/(1 - 1/4) = g/3
+    >>> bool(np.allclose(p, g / (3 * np.sqrt(26.0)))), state.t, state.count
+    (True, 1, 2)
+    """
+    core = _Core(rank, integrator, direction, eps, order, tol, factor_dtype)
+    b1, b2 = check_betas("betas", betas)
+    if b2 != 0.0:
+        raise ValueError(
+            f"betas: AdamGram has no second-moment average (the Gram matrix is accumulated "
+            f"exactly, G = eps I + sum g g^T); betas[1] must be 0.0, got {betas[1]!r}"
+        )
+
+    def init(x: Any) -> AdamGramState:
+        fields = core.init_fields(x)
+        xp = array_namespace(x)
+        d = int(fields["P"].shape[0])
+        m = xp.zeros((d,), dtype=fields["P"].dtype, device=device_of(x))
+        return AdamGramState(**fields, count=0, m=m)
+
+    def update(grad: Any, state: AdamGramState) -> tuple[Any, AdamGramState]:
+        g = core.flat(grad, state)
+        updated, fields = core.advance(state, g)
+        if fields is None:  # no factor step: keep every factor field and counter as is
+            fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(AdaGramState)}
+        count = state.count + 1
+        m = ema(state.m, g, b1)
+        m_hat = m / bias_correction(b1, count)
+        p = _direction(updated, m_hat, core.direction, core.eps, v_is_g=False)
+        return _output(p, grad), AdamGramState(**fields, count=count, m=m)
+
+    hyper = core.hyperparams()
+    hyper.update(betas=(b1, b2), nonfinite=nonfinite)
+    return Preconditioner("adamgram", init, guard_nonfinite(update, nonfinite), hyper)
