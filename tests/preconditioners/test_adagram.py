@@ -35,7 +35,7 @@ from dense_reference import (
 from lowrank_precond import preconditioners as pc
 from lowrank_precond.linalg import factor_health
 
-# bind the factories now (the lazy registry resolves them before any submodule import)
+# the factories under test (through the public package, as users reach them)
 adagram = pc.adagram
 adamgram = pc.adamgram
 
