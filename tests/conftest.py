@@ -18,6 +18,13 @@ import pytest
 
 from lowrank_precond import backends
 
+if importlib.util.find_spec("torch") is not None:
+    import torch
+
+    # Tests never measure speed; one intra-op thread per process avoids oversubscribing the
+    # cores when pytest-xdist runs several workers (and torch's spin-waits under load).
+    torch.set_num_threads(1)
+
 
 @dataclass(frozen=True)
 class Backend:
