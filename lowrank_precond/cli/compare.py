@@ -1,0 +1,747 @@
+"""``lowrank-precond compare``: fit a GLM on bundled real data with every method.
+
+For each method the learning rate is tuned on a log grid (every grid point is a full run; the
+winner is the run with the smallest final full-batch training loss), and the winner's run is
+reported: per epoch the training loss ``f``, the gradient norm, the suboptimality
+``f - f*``, the test accuracy (classification) or test loss (regression) and the optimizer's
+wall time (evaluations for the record excluded).
+
+Definitions (also written into ``results.json``)
+------------------------------------------------
+``f*``
+    The training objective's minimum: ``scipy.optimize.minimize(method="L-BFGS-B")`` on the
+    full-batch objective (``gtol=1e-10``, ``ftol=1e-15``), lowered to the smallest loss any
+    run recorded if one went below it (so ``f - f* >= 0``).
+relative suboptimality
+    ``(f - f*) / max(|f*|, 1)``.
+steps to ``tol``
+    The optimizer steps (``epoch * steps_per_epoch``) at the first recorded epoch whose
+    relative suboptimality is ``<= tol``; ``null`` / ``-`` when never reached.
+
+Outputs, in ``--out`` (default ``./lowrank_precond_results``): the table on stdout and in
+``table.txt``, ``results.json`` (every number finite, ``null`` for "never reached" or
+"diverged") and ``suboptimality.png`` (``f - f*`` on a log scale against epochs and seconds;
+needs the ``plot`` extra, matplotlib: without it the plot is skipped with one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+from tqdm import tqdm
+
+from lowrank_precond import __version__, backends
+from lowrank_precond import preconditioners as pc
+from lowrank_precond.cli import UsageError
+from lowrank_precond.glm import datasets, family, objective
+from lowrank_precond.optim.scipy import minimize, resolve_options
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_METHODS",
+    "TOLERANCES",
+    "MethodSpec",
+    "add_parser",
+    "compare",
+    "parse_methods",
+    "run",
+]
+
+#: short names for method variants: label -> (method, options)
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "adagram": ("adagram", {"integrator": "projector_splitting", "direction": "published"}),
+    "adagram_sym": ("adagram", {"integrator": "projector_splitting", "direction": "symmetric"}),
+    "sketched_adagrad_momentum": ("sketched_adagrad", {"betas": (0.9, 0.0)}),
+}
+
+#: the methods compared when ``--methods`` is not given
+DEFAULT_METHODS = (
+    "adagram",
+    "adagram_sym",
+    "sketched_adagrad",
+    "adagrad",
+    "adam",
+    "full_matrix_adagrad",
+)
+
+#: relative suboptimality levels of the "steps to" columns
+TOLERANCES = (1e-3, 1e-4, 1e-6)
+
+DEFAULT_DATASET = "breast_cancer"
+DEFAULT_OUT = "lowrank_precond_results"
+DEFAULT_RANK = 5
+#: default epochs: full batch / minibatch (``--batch-size``)
+DEFAULT_EPOCHS = (200, 30)
+#: 10**-3 ... 10**1 in half decades
+DEFAULT_LR_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 3))
+QUICK_EPOCHS = 20
+QUICK_LR_GRID = (0.01, 0.1, 1.0)
+BACKEND_CHOICES = ("numpy", "torch", "cupy")
+#: a run whose training loss exceeds this multiple of ``max(|f(x0)|, 1)`` counts as diverged
+DIVERGENCE_FACTOR = 100.0
+PLOT_FILE = "suboptimality.png"
+
+
+# --------------------------------------------------------------------------- method specs
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method: its label, the preconditioner name and the options it gets."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses/brackets: ``"a:b=(1,2),c"`` -> two items."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items]
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _accepts(method: str, name: str) -> bool:
+    return name in inspect.signature(pc.get(method)).parameters
+
+
+def parse_methods(text: str, rank: int) -> list[MethodSpec]:
+    """Parse ``--methods``: comma-separated ``name[:key=value[:key=value...]]``.
+
+    ``name`` is a method of :data:`lowrank_precond.preconditioners.METHODS` or an alias of
+    :data:`ALIASES`; each ``key=value`` is an option of :func:`lowrank_precond.minimize`
+    for it (values are Python literals, else strings). ``rank`` is given to every method
+    that takes a ``rank`` and does not set one.
+
+    Examples
+    --------
+    >>> [s.label for s in parse_methods("adagrad,adagram:integrator=truncated_svd", 5)]
+    ['adagrad', 'adagram:integrator=truncated_svd']
+    >>> parse_methods("adam:betas=(0.9,0.99)", 5)[0].options
+    {'betas': (0.9, 0.99)}
+    """
+    specs: list[MethodSpec] = []
+    valid = ", ".join(list(pc.METHODS) + sorted(ALIASES))
+    for token in _split_top_level(text):
+        if not token:
+            raise UsageError(f"--methods: empty method name in {text!r}")
+        name, *pairs = token.split(":")
+        if name in ALIASES:
+            method, options = ALIASES[name][0], dict(ALIASES[name][1])
+        elif name in pc.METHODS:
+            method, options = name, {}
+        else:
+            raise UsageError(f"--methods: unknown method {name!r}; expected one of {valid}")
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--methods: {token!r}: expected key=value, got {pair!r}")
+            options[key.strip()] = _literal(value.strip())
+        if "rank" not in options and _accepts(method, "rank"):
+            options["rank"] = rank
+        try:
+            resolve_options(method, {**options, "lr": 1.0})
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--methods: {token}: {exc}") from None
+        if any(s.label == token for s in specs):
+            raise UsageError(f"--methods: {token!r} is listed twice")
+        specs.append(MethodSpec(token, method, options))
+    return specs
+
+
+# --------------------------------------------------------------------------- problem
+
+
+@dataclass
+class Problem:
+    """The training objective, its full-batch twin, the test metric and the start point."""
+
+    name: str
+    info: dict[str, Any]
+    fun: Any  # lowrank_precond.glm.Objective (minibatch or full batch)
+    full: Any  # full-batch training objective
+    test_metric: str  # "accuracy" or "loss"
+    test_eval: Callable[[Any], float]
+    x0: Any
+
+
+def _backend_zeros(backend: str, shape: tuple[int, ...]) -> Any:
+    """float64 zeros on ``backend`` (torch: CUDA when available, else CPU; CuPy: its GPU)."""
+    try:
+        xp = backends.get(backend)
+    except ImportError as exc:
+        raise UsageError(f"--backend: {exc}") from None
+    if backend == "torch":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return xp.zeros(shape, dtype=xp.float64, device=device)
+    try:
+        return xp.zeros(shape, dtype=xp.float64)
+    except Exception as exc:  # CuPy installed without a usable GPU or CUDA runtime
+        raise UsageError(f"--backend: {backend!r} has no usable device: {exc}") from None
+
+
+def load_problem(
+    name: str, *, lam: float | None, batch_size: int | None, seed: int, backend: str
+) -> Problem:
+    """Train/test parts of data set ``name`` (80/20, :func:`datasets.load`) as objectives."""
+    try:
+        A, y, info = datasets.load(name, split="train", seed=seed)
+        A_test, y_test, _ = datasets.load(name, split="test", seed=seed)
+    except (ImportError, FileNotFoundError) as exc:
+        raise UsageError(f"--dataset: {name!r} cannot be loaded: {exc}") from None
+    lam = info["lam"] if lam is None else lam
+    info = {**info, "lam": lam}
+    fam: Any = info["family"]
+    if fam == "multinomial":  # the test part must use the training part's K
+        fam = family("multinomial", n_classes=info["n_classes"])
+    if batch_size is not None and batch_size > A.shape[0]:
+        raise UsageError(f"--batch-size: must be <= {A.shape[0]} (training rows), got {batch_size}")
+    fun = objective(fam, A, y, lam=lam, batch_size=batch_size, rng=seed, fit_intercept=True)
+    test = objective(fam, A_test, y_test, lam=0.0, fit_intercept=True)
+    if fun.family.is_classifier:
+        metric, test_eval = "accuracy", test.accuracy
+    else:
+        metric = "loss"
+
+        def test_eval(x: Any) -> float:
+            return float(test(x)[0])
+
+    x0 = _backend_zeros(backend, fun.shape)
+    return Problem(name, info, fun, fun.full(), metric, test_eval, x0)
+
+
+def reference_optimum(problem: Problem) -> dict[str, Any]:
+    """``f*`` from L-BFGS-B on the full-batch training objective (NumPy, float64)."""
+    full = problem.full
+    start = time.perf_counter()
+    res = scipy.optimize.minimize(
+        full,
+        np.zeros(full.dim),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-15, "gtol": 1e-10},
+    )
+    seconds = time.perf_counter() - start
+    x = res.x.reshape(full.shape)
+    return {
+        "f_star": float(res.fun),
+        "nit": int(res.nit),
+        "grad_max": float(np.max(np.abs(res.jac))),
+        "message": str(res.message),
+        "seconds": seconds,
+        "test": problem.test_eval(x),
+    }
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    """The record of one (method, lr) run."""
+
+    lr: float
+    epoch: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    test: list[float] = field(default_factory=list)
+    diverged: bool = False
+    status: int = 0
+    message: str = ""
+
+    @property
+    def final_loss(self) -> float | None:
+        return None if self.diverged or not self.loss else self.loss[-1]
+
+
+def _norm(g: Any) -> float:
+    xp = backends.array_namespace(g)
+    return float(xp.linalg.vector_norm(g))
+
+
+def run_method(problem: Problem, spec: MethodSpec, lr: float, epochs: int) -> Run:
+    """Run ``spec`` with step size ``lr`` for ``epochs`` epochs; record every epoch."""
+    fun, full = problem.fun, problem.full
+    fun.reset()
+    spe = fun.batches_per_epoch
+    run = Run(lr=lr)
+    clock = {"opt": 0.0, "resume": 0.0}
+    limit = [math.inf]
+
+    def record(x: Any, f: float | None, g: Any | None, nit: int) -> None:
+        if f is None or fun.stochastic:
+            f_full, g = full(x)
+            f = float(f_full)
+        run.epoch.append(nit // spe)
+        run.steps.append(nit)
+        run.seconds.append(clock["opt"])
+        run.loss.append(f)
+        run.grad_norm.append(_norm(g))
+        run.test.append(problem.test_eval(x))
+        if not math.isfinite(f) or f > limit[0]:
+            run.diverged = True
+
+    def callback(intermediate_result: Any) -> None:
+        backends.synchronize(intermediate_result.x)
+        clock["opt"] += time.perf_counter() - clock["resume"]
+        nit = intermediate_result.nit
+        if nit % spe == 0:
+            record(intermediate_result.x, intermediate_result.fun, intermediate_result.jac, nit)
+            if run.diverged:
+                raise StopIteration
+        clock["resume"] = time.perf_counter()
+
+    record(problem.x0, None, None, 0)
+    fun.reset()
+    limit[0] = DIVERGENCE_FACTOR * max(abs(run.loss[0]), 1.0)
+    options = {**spec.options, "lr": lr, "maxiter": epochs * spe, "gtol": 0.0}
+    clock["resume"] = time.perf_counter()
+    # a too-large lr on the grid is expected to overflow: minimize stops such a run (status 3)
+    # and it is reported as diverged, so NumPy's overflow warnings would only be noise
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        res = minimize(fun, problem.x0, method=spec.method, options=options, callback=callback)
+    run.status, run.message = int(res.status), str(res.message)
+    if res.status == 3:  # non-finite loss, gradient or iterate
+        run.diverged = True
+    return run
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+def _steps_to(run: Run, rel: list[float], tol: float) -> tuple[int | None, float | None]:
+    for steps, seconds, r in zip(run.steps, run.seconds, rel, strict=True):
+        if r <= tol:
+            return steps, seconds
+    return None, None
+
+
+def compare(
+    problem: Problem,
+    specs: Sequence[MethodSpec],
+    lr_grid: Sequence[float],
+    epochs: int,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Tune, run and score every method; return the content of ``results.json``.
+
+    ``progress(text)``, if given, is called after each (method, lr) run.
+    """
+    ref = reference_optimum(problem)
+    runs: dict[str, list[Run]] = {}
+    for spec in specs:
+        runs[spec.label] = []
+        for lr in lr_grid:
+            runs[spec.label].append(run_method(problem, spec, lr, epochs))
+            if progress is not None:
+                progress(f"{spec.label} lr={lr:g}")
+
+    recorded = [f for rs in runs.values() for r in rs for f in r.loss if math.isfinite(f)]
+    f_star = min([ref["f_star"], *recorded])
+    scale = max(abs(f_star), 1.0)
+    grid = sorted(lr_grid)
+    methods = []
+    for spec in specs:
+        candidates = [r for r in runs[spec.label] if r.final_loss is not None]
+        best = min(candidates, key=lambda r: (r.final_loss, r.lr)) if candidates else None
+        entry: dict[str, Any] = {
+            "label": spec.label,
+            "method": spec.method,
+            "options": spec.options,
+            "preconditioner": repr(resolve_options(spec.method, {**spec.options, "lr": 1.0})[0]),
+            "grid": [
+                {
+                    "lr": r.lr,
+                    "final_loss": r.final_loss,
+                    "diverged": r.diverged,
+                    "status": r.status,
+                }
+                for r in runs[spec.label]
+            ],
+            "lr": None,
+            "lr_on_grid_edge": None,
+            "diverged": best is None,
+        }
+        if best is not None:
+            subopt = [f - f_star for f in best.loss]
+            rel = [s / scale for s in subopt]
+            reach = {f"{tol:g}": _steps_to(best, rel, tol) for tol in TOLERANCES}
+            entry.update(
+                lr=best.lr,
+                lr_on_grid_edge=len(grid) > 1 and best.lr in (grid[0], grid[-1]),
+                final_loss=best.loss[-1],
+                final_subopt=subopt[-1],
+                final_rel_subopt=rel[-1],
+                steps_to={k: v[0] for k, v in reach.items()},
+                seconds_to={k: v[1] for k, v in reach.items()},
+                seconds=best.seconds[-1],
+                final_test=best.test[-1],
+                history={
+                    "epoch": best.epoch,
+                    "steps": best.steps,
+                    "seconds": best.seconds,
+                    "loss": best.loss,
+                    "grad_norm": best.grad_norm,
+                    "subopt": subopt,
+                    "rel_subopt": rel,
+                    "test": best.test,
+                },
+            )
+        methods.append(entry)
+
+    info = problem.info
+    fun = problem.fun
+    return {
+        "lowrank_precond": __version__,
+        "dataset": {
+            "name": problem.name,
+            "family": info["family"],
+            "n_train": info["n_train"],
+            "n_test": info["n_test"],
+            "d": info["d"],
+            "n_classes": info["n_classes"] if info["family"] == "multinomial" else None,
+            "unknowns": fun.dim,
+            "shape": list(fun.shape),
+            "lam": info["lam"],
+            "fit_intercept": True,
+            "source": info["source"],
+        },
+        "settings": {
+            "epochs": epochs,
+            "batch_size": fun.batch_size if fun.stochastic else None,
+            "steps_per_epoch": fun.batches_per_epoch,
+            "backend": backends.name_of(problem.x0),
+            "device": str(backends.device_of(problem.x0)),
+            "lr_grid": list(lr_grid),
+            "tolerances": list(TOLERANCES),
+            "lr_selection": "smallest final full-batch training loss over the grid",
+        },
+        "definitions": {
+            "f_star": "min(L-BFGS-B optimum of the full-batch training objective (gtol=1e-10, "
+            "ftol=1e-15), smallest loss recorded by any run)",
+            "rel_subopt": "(f - f_star) / max(|f_star|, 1)",
+            "steps_to": "optimizer steps at the first recorded epoch with rel_subopt <= tol; "
+            "null if never reached",
+            "seconds": "optimizer wall time, evaluations made for the record excluded",
+            "test": "test accuracy"
+            if problem.test_metric == "accuracy"
+            else "mean test loss (no penalty)",
+        },
+        "test_metric": problem.test_metric,
+        "reference": {**ref, "f_star_used": f_star},
+        "methods": methods,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return repr(obj)
+
+
+def _fmt(v: float | None, spec: str = ".2e") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _tol_name(tol: float) -> str:
+    """``1e-3`` for 0.001 (powers of ten), else ``%g``."""
+    k = round(math.log10(tol))
+    return f"1e{k}" if math.isclose(tol, 10.0**k) else f"{tol:g}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The text table: one row per method plus the L-BFGS-B reference."""
+    ds, st, ref = results["dataset"], results["settings"], results["reference"]
+    test_head = "test acc" if results["test_metric"] == "accuracy" else "test loss"
+    batch = "full batch" if st["batch_size"] is None else f"batch {st['batch_size']}"
+    lines = [
+        f"{ds['name']} ({ds['family']}): {ds['n_train']} train / {ds['n_test']} test rows, "
+        f"d={ds['d']}, {ds['unknowns']} unknowns, lam={ds['lam']:.3g}, intercept",
+        f"{batch}, {st['epochs']} epochs of {st['steps_per_epoch']} step(s), backend "
+        f"{st['backend']}, lr grid {', '.join(f'{v:g}' for v in st['lr_grid'])}",
+        f"f* = {ref['f_star_used']:.10g} (L-BFGS-B: {ref['nit']} iterations, "
+        f"max|g| = {ref['grad_max']:.1e}); rel = (f - f*) / max(|f*|, 1)",
+        "",
+    ]
+    tol_heads = [f"steps to {_tol_name(t)}" for t in st["tolerances"]]
+    head = ["method", "lr", "f - f*", *tol_heads, "time s", test_head]
+    rows = []
+    for m in results["methods"]:
+        if m["diverged"]:
+            rows.append([m["label"], "diverged", "-", *["-"] * len(tol_heads), "-", "-"])
+            continue
+        lr = f"{m['lr']:.3g}" + ("*" if m["lr_on_grid_edge"] else "")
+        steps = [_fmt(m["steps_to"][f"{t:g}"], "d") for t in st["tolerances"]]
+        test = m["final_test"]
+        rows.append(
+            [
+                m["label"],
+                lr,
+                _fmt(m["final_subopt"]),
+                *steps,
+                f"{m['seconds']:.3f}",
+                _fmt(test, ".4f"),
+            ]
+        )
+    rows.append(
+        [
+            "L-BFGS-B (f*)",
+            "-",
+            "0",
+            *["-"] * len(tol_heads),
+            f"{ref['seconds']:.3f}",
+            _fmt(ref["test"], ".4f"),
+        ]
+    )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt_row = lambda r: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
+    lines += [fmt_row(head), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)]
+    if any(m.get("lr_on_grid_edge") for m in results["methods"]):
+        lines.append("* chosen lr is on the edge of the grid: widen --lr-grid for a fair tuning")
+    lines.append("")
+    lines += [f"{m['label']}: {m['preconditioner']}" for m in results["methods"]]
+    return "\n".join(lines)
+
+
+def write_plot(results: dict[str, Any], path: str) -> str | None:
+    """Save ``f - f*`` (log) vs epoch and vs seconds; return why it was skipped, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'lowrank-precond[plot]')"
+    floor = 1e-16 * max(abs(results["reference"]["f_star_used"]), 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for m in results["methods"]:
+        if m["diverged"]:
+            continue
+        h = m["history"]
+        sub = [max(s, floor) for s in h["subopt"]]
+        label = f"{m['label']} (lr={m['lr']:.3g})"
+        (line,) = axes[0].semilogy(h["epoch"], sub, label=label)
+        axes[1].semilogy(h["seconds"], sub, color=line.get_color())
+    ds = results["dataset"]
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("optimizer seconds")
+    for ax in axes:
+        ax.set_ylabel("f - f*")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{ds['name']} ({ds['family']}), tuned lr per method")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="fit a GLM on bundled real data with every method: table, results.json, plot",
+        description="Fit a GLM on bundled real data with every method. "
+        + (__doc__.split("\n\n")[1] if __doc__ else ""),
+        epilog=f"Method names: {', '.join(pc.METHODS)}; aliases: "
+        + "; ".join(f"{k} = {v[0]} {v[1]}" for k, v in ALIASES.items())
+        + ". Options per method: name:key=value:key=value (e.g. adagram:integrator="
+        "truncated_svd:rank=10). Data sets: " + ", ".join(datasets.names()) + ".",
+    )
+    p.add_argument(
+        "--dataset", metavar="NAME", default=DEFAULT_DATASET, help="data set (default %(default)s)"
+    )
+    p.add_argument(
+        "--methods",
+        metavar="LIST",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated methods, each name[:key=value...] (default %(default)s)",
+    )
+    p.add_argument(
+        "--rank",
+        metavar="R",
+        default=str(DEFAULT_RANK),
+        help="rank of low-rank methods (default 5)",
+    )
+    p.add_argument(
+        "--epochs",
+        metavar="N",
+        default=None,
+        help=f"epochs (default {DEFAULT_EPOCHS[0]} full batch, {DEFAULT_EPOCHS[1]} with "
+        f"--batch-size, {QUICK_EPOCHS} with --quick)",
+    )
+    p.add_argument(
+        "--batch-size", metavar="B", default=None, help="minibatch size (default: full batch)"
+    )
+    p.add_argument(
+        "--backend", metavar="NAME", default="numpy", help="numpy, torch or cupy (default numpy)"
+    )
+    p.add_argument(
+        "--lr-grid",
+        metavar="LIST",
+        default=None,
+        help="comma-separated learning rates (default 1e-3 ... 10 in half decades; "
+        "--quick: 0.01,0.1,1)",
+    )
+    p.add_argument("--lam", metavar="LAM", default=None, help="L2 strength (default 1/n_train)")
+    p.add_argument(
+        "--out", metavar="DIR", default=DEFAULT_OUT, help="output folder (default ./%(default)s)"
+    )
+    p.add_argument(
+        "--seed", metavar="S", default="0", help="seed of the train/test split and minibatches"
+    )
+    p.add_argument("--quick", action="store_true", help="few epochs and a tiny grid (for CI)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _int(flag: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{flag}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"{flag}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{flag}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{flag}: must be finite, got {text!r}")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate the command line; every problem is a :class:`UsageError` (one line, exit 2)."""
+    if args.dataset not in datasets.names():
+        raise UsageError(
+            f"--dataset: unknown data set {args.dataset!r}; expected one of "
+            f"{', '.join(datasets.names())}"
+        )
+    if args.backend not in BACKEND_CHOICES:
+        raise UsageError(
+            f"--backend: unknown backend {args.backend!r}; expected one of "
+            f"{', '.join(BACKEND_CHOICES)}"
+        )
+    rank = _int("--rank", args.rank, 1)
+    batch_size = None if args.batch_size is None else _int("--batch-size", args.batch_size, 1)
+    if args.epochs is not None:
+        epochs = _int("--epochs", args.epochs, 1)
+    elif args.quick:
+        epochs = QUICK_EPOCHS
+    else:
+        epochs = DEFAULT_EPOCHS[batch_size is not None]
+    if args.lr_grid is None:
+        grid = QUICK_LR_GRID if args.quick else DEFAULT_LR_GRID
+    else:
+        grid = tuple(_float("--lr-grid", v) for v in args.lr_grid.split(","))
+        bad = [v for v in grid if v <= 0]
+        if bad:
+            raise UsageError(f"--lr-grid: learning rates must be > 0, got {bad[0]:g}")
+        if len(set(grid)) != len(grid):
+            raise UsageError("--lr-grid: repeated learning rate")
+    lam = None
+    if args.lam is not None:
+        lam = _float("--lam", args.lam)
+        if lam < 0:
+            raise UsageError(f"--lam: must be >= 0, got {lam:g}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out: {args.out!r} exists and is not a folder")
+    return {
+        "specs": parse_methods(args.methods, rank),
+        "epochs": epochs,
+        "grid": grid,
+        "batch_size": batch_size,
+        "lam": lam,
+        "seed": _int("--seed", args.seed, 0),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    problem = load_problem(
+        args.dataset, lam=s["lam"], batch_size=s["batch_size"], seed=s["seed"], backend=args.backend
+    )
+    total = len(s["specs"]) * len(s["grid"])
+    quiet = args.quiet or not sys.stderr.isatty()
+    started = time.perf_counter()
+    with tqdm(total=total, desc="compare", unit="run", disable=quiet, leave=False) as bar:
+
+        def progress(text: str) -> None:
+            bar.set_postfix_str(text, refresh=False)
+            bar.update(1)
+
+        results = compare(problem, s["specs"], s["grid"], s["epochs"], progress=progress)
+    results["settings"]["seed"] = s["seed"]
+    results["settings"]["wall_seconds"] = time.perf_counter() - started
+
+    os.makedirs(args.out, exist_ok=True)
+    table = format_table(results)
+    print(table)
+    with open(os.path.join(args.out, "table.txt"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    plot_path = os.path.join(args.out, PLOT_FILE)
+    skipped = write_plot(results, plot_path)
+    results["plot"] = None if skipped else PLOT_FILE
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(results), fh, indent=1, allow_nan=False)
+    print(f"\nwrote {os.path.join(args.out, 'results.json')}, table.txt", end="")
+    print(f", {PLOT_FILE}" if skipped is None else "")
+    if skipped is not None:
+        print(f"plot skipped: {skipped}")
+    print(f"total {results['settings']['wall_seconds']:.1f} s")
+    return 0
