@@ -1,0 +1,186 @@
+"""state_dict / load_state_dict: a run continued from a checkpoint is bit-identical.
+
+Every class, float32 and float64 models; the checkpoint goes through ``torch.save`` /
+``torch.load(weights_only=True)`` as a user would store it. float32 models with AdaGram keep
+a float64 factor, which ``torch.optim.Optimizer.load_state_dict`` alone would round.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="torch not installed: pip install 'lowrank-precond[torch]'"
+)
+
+from lowrank_precond.torch import (  # noqa: E402
+    ASGO,
+    AdaDiag,
+    AdaGrad,
+    AdaGram,
+    Adam,
+    AdamGram,
+    FullMatrixAdaGrad,
+    SketchedAdaGrad,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These are many tiny ops: threads only contend (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CASES = {
+    "adagram-ksl": (AdaGram, {"lr": 0.05, "rank": 3}),
+    "adagram-svd-symmetric": (
+        AdaGram,
+        {"lr": 0.05, "rank": 3, "integrator": "truncated_svd", "direction": "symmetric"},
+    ),
+    "adagram-exact-per-parameter": (AdaGram, {"lr": 0.05, "per_parameter": True}),
+    "adamgram": (AdamGram, {"lr": 0.02, "rank": 3}),
+    "sketched": (SketchedAdaGrad, {"lr": 0.05, "rank": 3}),
+    "sketched-momentum": (SketchedAdaGrad, {"lr": 0.05, "rank": 3, "betas": (0.9, 0.0)}),
+    "adadiag": (AdaDiag, {"lr": 0.02, "update_freq": 4}),
+    "adadiag++": (AdaDiag, {"lr": 0.02, "update_freq": 4, "two_sided": True}),
+    "asgo-momentum": (ASGO, {"lr": 0.05, "beta1": 0.5, "update_freq": 3}),
+    "full-matrix": (FullMatrixAdaGrad, {"lr": 0.05, "weight_decay": 0.01}),
+    "adagrad": (AdaGrad, {"lr": 0.05}),
+    "adam": (Adam, {"lr": 0.02, "weight_decay": 0.1}),
+}
+
+
+def _setup(cls, kwargs, dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(
+        dtype
+    )
+    params = list(model.parameters())
+    # two groups, the second with its own lr
+    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": kwargs["lr"] / 2}], **kwargs)
+    return model, opt
+
+
+def _data(dtype):
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(16, 5, generator=gen).to(dtype), torch.randn(16, 2, generator=gen).to(dtype))
+        for _ in range(20)
+    ]
+
+
+def _steps(model, opt, batches):
+    for X, y in batches:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(X), y).backward()
+        opt.step()
+
+
+def _assert_states_identical(opt1, opt2):
+    s1, s2 = opt1.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys() and s1
+    for k in s1:
+        assert s1[k].keys() == s2[k].keys()
+        for name, v in s1[k].items():
+            w = s2[k][name]
+            if torch.is_tensor(v):
+                assert v.dtype == w.dtype and v.shape == w.shape, name
+                assert torch.equal(v, w), name
+            else:
+                assert type(v) is type(w) and v == w, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_checkpoint_continues_bit_identically(case, dtype):
+    cls, kwargs = CASES[case]
+    batches = _data(dtype)
+    model, opt = _setup(cls, kwargs, dtype)
+    _steps(model, opt, batches[:10])
+
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+
+    _steps(model, opt, batches[10:])
+
+    model2, opt2 = _setup(cls, kwargs, dtype)
+    model2.load_state_dict(checkpoint["model"])
+    opt2.load_state_dict(checkpoint["opt"])
+    assert opt2.param_groups[1]["lr"] == kwargs["lr"] / 2
+    _steps(model2, opt2, batches[10:])
+
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+    _assert_states_identical(opt, opt2)
+
+
+def test_float64_factor_of_float32_params_survives_loading():
+    batches = _data(torch.float32)
+    model, opt = _setup(AdaGram, {"lr": 0.05, "rank": 3}, torch.float32)
+    _steps(model, opt, batches[:5])
+    first = model[0].weight
+    assert opt.state[first]["U"].dtype == torch.float64  # factor_dtype=None: float64 factor
+    saved = opt.state_dict()
+
+    model2, opt2 = _setup(AdaGram, {"lr": 0.05, "rank": 3}, torch.float32)
+    opt2.load_state_dict(saved)
+    loaded = opt2.state[model2[0].weight]
+    assert loaded["U"].dtype == torch.float64
+    assert torch.equal(loaded["U"], saved["state"][0]["U"])
+    # loading copies: the checkpoint does not share memory with the new optimizer
+    assert loaded["U"].data_ptr() != saved["state"][0]["U"].data_ptr()
+
+    # what torch.optim's own load_state_dict would do: round the factor to float32
+    model3, opt3 = _setup(AdaGram, {"lr": 0.05, "rank": 3}, torch.float32)
+    torch.optim.Optimizer.load_state_dict(opt3, saved)
+    assert opt3.state[model3[0].weight]["U"].dtype == torch.float32
+
+
+def test_state_dict_is_a_snapshot_of_the_step():
+    """The factories never write into state arrays, so a state_dict taken earlier stays valid."""
+    batches = _data(torch.float64)
+    model, opt = _setup(AdaGram, {"lr": 0.05, "rank": 3}, torch.float64)
+    _steps(model, opt, batches[:4])
+    saved = opt.state_dict()
+    before = {
+        k: {n: (v.clone() if torch.is_tensor(v) else v) for n, v in s.items()}
+        for k, s in saved["state"].items()
+    }
+    _steps(model, opt, batches[4:8])
+    for k, s in saved["state"].items():
+        for n, v in s.items():
+            assert torch.equal(v, before[k][n]) if torch.is_tensor(v) else v == before[k][n]
+
+
+@pytest.mark.gpu
+def test_checkpoint_moves_to_cuda_and_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("torch-cuda: no CUDA device (torch.cuda.is_available() is False)")
+    batches = _data(torch.float64)
+    cases = [
+        (AdaGram, {"lr": 0.05, "rank": 3}),
+        (SketchedAdaGrad, {"lr": 0.05, "rank": 3}),
+        (ASGO, {"lr": 0.05}),
+        (AdaDiag, {"lr": 0.02, "update_freq": 4}),
+    ]
+    for cls, kwargs in cases:
+        model, opt = _setup(cls, kwargs, torch.float64)
+        _steps(model, opt, batches[:5])
+        saved = opt.state_dict()
+        model_gpu, opt_gpu = _setup(cls, kwargs, torch.float64)
+        model_gpu.load_state_dict(model.state_dict())
+        model_gpu.cuda()
+        opt_gpu.load_state_dict(saved)
+        for fields in opt_gpu.state.values():
+            assert all(v.is_cuda for v in fields.values() if torch.is_tensor(v))
+        _steps(model, opt, batches[5:])
+        _steps(model_gpu, opt_gpu, [(X.cuda(), y.cuda()) for X, y in batches[5:]])
+        for p, q in zip(model.parameters(), model_gpu.parameters(), strict=True):
+            assert torch.allclose(p, q.cpu(), rtol=1e-9, atol=1e-12), cls.__name__
