@@ -562,6 +562,15 @@ def adamgram(
     past gradients, gives ``|published| = |symmetric| < 1`` as in AdaGram. After truncation
     ``G_t >= G_s`` can fail (B.3) and the bound is not guaranteed.
 
+    .. warning::
+       With a finite ``rank`` this is unstable at small ``eps``: directions dropped by the
+       truncation revert to the ``eps^{-1/2}`` scale (B.3), and ``m_hat`` still has
+       components along them, so steps jump to ``~|m_hat| / sqrt(eps)`` (measured: step
+       norms ~1e4 at ``eps = 1e-8``, d = 40, rank 5, diverging logistic regression at every
+       lr tried). Use ``rank=None`` (exact), a large ``eps``, or the momentum variant of
+       :func:`~lowrank_precond.preconditioners.sketched_adagrad`, whose sketch never drops
+       curvature below the exact one.
+
     Parameters
     ----------
     %(adagram_args)s
