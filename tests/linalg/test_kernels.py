@@ -1,70 +1,204 @@
+"""Tall-skinny kernels: CholeskyQR2 with Householder fallback, Gram / combine passes, bases."""
+
 import numpy as np
 import pytest
 
 from lowrank_precond.linalg import kernels
-from lowrank_precond.linalg.kernels import core_svd, orthonormalize, qr_tall
+from lowrank_precond.linalg.kernels import orthonormalize, qr_tall
 
 
-def _orth_err(Q):
+def orth_err(Q):
     return np.abs(Q.T @ Q - np.eye(Q.shape[1])).max()
 
 
-def test_qr_tall_well_conditioned(xp, rng):
-    A = rng.standard_normal((500, 6))
-    Q, R = qr_tall(xp.asarray(A))
-    Q, R = xp.to_numpy(Q), xp.to_numpy(R)
-    assert _orth_err(Q) < 1e-13
-    np.testing.assert_allclose(Q @ R, A, rtol=0, atol=1e-12 * np.abs(A).max())
+def with_cond(rng, d, k, kappa):
+    """``d x k`` with singular values geometric from 1 to ``1/kappa`` and random bases."""
+    W = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    Z = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    return (W * np.geomspace(1.0, 1.0 / kappa, k)) @ Z.T
+
+
+def qr_path(xp, A):
+    """``(Q, R, householder_used)`` of the private implementation, as NumPy."""
+    Q, R, hh = kernels._qr_tall_impl(xp.asarray(A))
+    return xp.to_numpy(Q), xp.to_numpy(R), hh
+
+
+# --------------------------------------------------------------------------- orthonormalize
+@pytest.mark.parametrize("kappa", [1.0, 1e4])
+def test_cholesky_qr2_well_and_moderately_conditioned(xp, rng, kappa):
+    A = with_cond(rng, 500, 6, kappa) * np.array([1e-3, 1.0, 1e4, 2.0, 1.0, 7.0])  # bad scaling
+    Q, R, hh = qr_path(xp, A)
+    assert not hh  # CholeskyQR2 handled it (equilibrated kappa <= 1e6)
+    assert orth_err(Q) < 1e-13
+    assert np.linalg.norm(Q @ R - A) <= 1e-13 * np.linalg.norm(A)
     np.testing.assert_array_equal(np.tril(R, -1), 0.0)
+    Qp, Rp = orthonormalize(xp.asarray(A), return_r=True)
+    assert orth_err(xp.to_numpy(Qp)) < 1e-13
+    np.testing.assert_allclose(xp.to_numpy(qr_tall(xp.asarray(A))[1]), xp.to_numpy(Rp))
 
 
-@pytest.mark.parametrize("kind", ["rank_deficient", "ill_conditioned", "zero_column"])
-def test_fallback_to_householder(xp, rng, monkeypatch, kind):
+@pytest.mark.parametrize("kind", ["rank_deficient", "ill_conditioned", "zero_column", "duplicate"])
+def test_fallback_to_householder(xp, rng, kind):
     A = rng.standard_normal((300, 5))
     if kind == "rank_deficient":
         A[:, 4] = A[:, 0] - 2 * A[:, 1]
     elif kind == "ill_conditioned":
-        A[:, 4] = A[:, 0] + 1e-9 * A[:, 4]
-    else:
+        A = with_cond(rng, 300, 5, 1e9)
+    elif kind == "zero_column":
         A[:, 2] = 0.0
-    calls = []
-    real = kernels.householder_qr
-    monkeypatch.setattr(kernels, "householder_qr", lambda a: calls.append(1) or real(a))
-    Q, R = qr_tall(xp.asarray(A))
-    Q, R = xp.to_numpy(Q), xp.to_numpy(R)
-    assert calls, "expected the Householder fallback"
-    assert _orth_err(Q) < 1e-13
-    np.testing.assert_allclose(Q @ R, A, atol=1e-12 * np.abs(A).max())
-    # span(Q) contains range(A)
-    assert np.abs(A - Q @ (Q.T @ A)).max() < 1e-12 * np.abs(A).max()
-
-
-def test_cholesky_path_taken_when_safe(monkeypatch, rng):
-    calls = []
-    real = kernels.householder_qr
-    monkeypatch.setattr(kernels, "householder_qr", lambda a: calls.append(1) or real(a))
-    qr_tall(rng.standard_normal((400, 4)))
-    assert not calls
+    else:
+        A[:, 3] = A[:, 1]
+    Q, R, hh = qr_path(xp, A)
+    assert hh
+    assert orth_err(Q) < 1e-13
+    assert np.linalg.norm(A - Q @ (Q.T @ A)) <= 1e-13 * np.linalg.norm(A)  # span Q ⊇ range A
+    assert np.linalg.norm(Q @ R - A) <= 1e-13 * np.linalg.norm(A)
+    Qp = xp.to_numpy(orthonormalize(xp.asarray(A)))
+    assert Qp.shape == (300, 5) and orth_err(Qp) < 1e-13
 
 
 def test_float32(xp, rng):
-    A = rng.standard_normal((2000, 5)).astype(np.float32)
-    Q = orthonormalize(xp.asarray(A))
-    assert Q.dtype == xp.float32
-    assert _orth_err(xp.to_numpy(Q).astype(np.float64)) < 1e-5
+    A = rng.standard_normal((400, 5)).astype(np.float32)
+    Q, R = orthonormalize(xp.asarray(A), return_r=True)
+    Q, R = xp.to_numpy(Q), xp.to_numpy(R)
+    assert Q.dtype == np.float32 and R.dtype == np.float32
+    assert orth_err(Q.astype(np.float64)) < 2e-6
+    assert np.linalg.norm(Q @ R - A) <= 2e-6 * np.linalg.norm(A)
+    # above the float32 CholeskyQR2 limit (1e3): Householder, still orthonormal
+    B = with_cond(rng, 400, 5, 1e5).astype(np.float32)
+    Q, _, hh = qr_path(xp, B)
+    assert hh and orth_err(Q.astype(np.float64)) < 2e-6
 
 
-def test_empty_and_errors(rng):
-    Q, R = qr_tall(np.zeros((5, 0)))
-    assert Q.shape == (5, 0) and R.shape == (0, 0)
-    with pytest.raises(ValueError, match="A: expected a tall 2-D array"):
-        qr_tall(np.zeros((2, 3)))
-    with pytest.raises(TypeError, match="A: expected a real floating-point array"):
-        qr_tall(np.ones((4, 2), dtype=np.int64))
+def test_empty_and_square(xp, rng):
+    Q, R = orthonormalize(xp.asarray(np.zeros((7, 0))), return_r=True)
+    assert tuple(Q.shape) == (7, 0) and tuple(R.shape) == (0, 0)
+    A = rng.standard_normal((4, 4))
+    Q = xp.to_numpy(orthonormalize(xp.asarray(A)))
+    assert orth_err(Q) < 1e-13
 
 
-def test_core_svd_float32_core_in_float64(rng):
-    C = rng.standard_normal((4, 4)).astype(np.float32)
-    Wl, s, WrT = core_svd(C)
-    assert Wl.dtype == np.float32
-    np.testing.assert_allclose(Wl @ np.diag(s) @ WrT, C, atol=1e-5)
+def test_bad_input(xp):
+    with pytest.raises(ValueError, match="A"):
+        orthonormalize(xp.asarray(np.ones(5)))
+    with pytest.raises(ValueError, match="A"):
+        orthonormalize(xp.asarray(np.ones((3, 5))))
+    with pytest.raises(TypeError, match="A"):
+        orthonormalize(xp.asarray(np.ones((5, 2), dtype=np.int64)))
+    with pytest.raises(TypeError, match="A"):
+        orthonormalize([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(TypeError, match="return_r"):
+        orthonormalize(xp.asarray(np.ones((5, 2))), return_r=1)
+
+
+def test_cholesky_failure_is_detected(xp):
+    """Indefinite / singular Gram matrices: every backend signals failure its own way."""
+    for G in ([[1.0, 2.0], [2.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]):
+        assert kernels._cholesky_eq(xp.asarray(np.array(G))) is None
+    R, T, kappa = kernels._cholesky_eq(xp.asarray(np.array([[4.0, 2.0], [2.0, 2.0]])))
+    np.testing.assert_allclose(xp.to_numpy(R).T @ xp.to_numpy(R), [[4.0, 2.0], [2.0, 2.0]])
+    np.testing.assert_allclose(xp.to_numpy(R) @ xp.to_numpy(T), np.eye(2), atol=1e-15)
+    assert 1.0 <= kappa < 10.0
+
+
+# --------------------------------------------------------------------------- tall passes
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("block", [7, 100_000])
+def test_gram_and_combine_blocked(monkeypatch, rng, block, layout):
+    """The row-blocked NumPy path (and the single-block one) equal the plain products."""
+    monkeypatch.setattr(kernels, "_BLOCK_ROWS", block)
+    A, x, W = rng.standard_normal((53, 4)), rng.standard_normal(53), rng.standard_normal((5, 3))
+    A = np.asfortranarray(A) if layout == "F" else A
+    Ax = np.column_stack([A, x])
+    np.testing.assert_allclose(kernels._gram(A, x), Ax.T @ Ax, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(kernels._gram(A), A.T @ A, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(kernels._combine(A, x, W), Ax @ W, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(kernels._combine(A, None, W[:4]), A @ W[:4], rtol=1e-14, atol=1e-13)
+    W20 = rng.standard_normal((5, 20))  # more than 16 columns: the broadcast branch
+    np.testing.assert_allclose(kernels._combine(A, x, W20), Ax @ W20, rtol=1e-14, atol=1e-13)
+    A32 = A.astype(np.float32)
+    Ax32 = np.column_stack([A32, x.astype(np.float32)]).astype(np.float64)
+    G32 = kernels._gram(A32, x.astype(np.float32))
+    assert G32.dtype == np.float64
+    np.testing.assert_allclose(G32, Ax32.T @ Ax32, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(
+        kernels._gram(A, x, 0.5),
+        Ax.T @ Ax * np.outer([1, 1, 1, 1, 0.5], [1, 1, 1, 1, 0.5]),
+        rtol=1e-14,
+        atol=1e-13,
+    )
+    assert kernels._combine(A32, x.astype(np.float32), W).dtype == np.float32
+
+
+def test_gram_and_combine_backends(xp, rng):
+    A, x, W = rng.standard_normal((30, 3)), rng.standard_normal(30), rng.standard_normal((4, 2))
+    Ax = np.column_stack([A, x])
+    G = xp.to_numpy(kernels._gram(xp.asarray(A), xp.asarray(x)))
+    np.testing.assert_allclose(G, Ax.T @ Ax, rtol=1e-14, atol=1e-13)
+    C = xp.to_numpy(kernels._combine(xp.asarray(A), xp.asarray(x), xp.asarray(W)))
+    np.testing.assert_allclose(C, Ax @ W, rtol=1e-14, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- bases
+def explicit(xp, basis, k):
+    return xp.to_numpy(basis.tall(xp.eye(basis.m, dtype=xp.float64)))
+
+
+@pytest.mark.parametrize("kind", ["generic", "nearly_in_span", "in_span", "zero", "drifted"])
+def test_extend_basis(xp, rng, kind):
+    d, k = 50, 4
+    U = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    x = rng.standard_normal(d)
+    if kind == "nearly_in_span":  # [U x] has kappa ~ 1e4: CholeskyQR2 of the formed [U x]
+        x = U @ rng.standard_normal(k) + 1e-4 * x
+    elif kind == "in_span":
+        x = U @ rng.standard_normal(k)
+    elif kind == "zero":
+        x = np.zeros(d)
+    elif kind == "drifted":  # U off orthonormality by 1e-9: the exact Gram removes it
+        U = U + 1e-9 * rng.standard_normal((d, k))
+    B = kernels._extend_basis(xp.asarray(U), xp.asarray(x))
+    Bn, R = explicit(xp, B, k), xp.to_numpy(B.R)
+    assert B.m == (k if kind in ("in_span", "zero") else k + 1)
+    assert orth_err(Bn) < 1e-14
+    Ux = np.column_stack([U, x])
+    assert np.linalg.norm(Bn @ R - Ux) <= 1e-14 * np.linalg.norm(Ux)
+    assert (B.Q is None) == (kind in ("generic", "drifted"))  # implicit one-pass basis
+
+
+def test_extend_basis_errors_and_overflow(xp, rng):
+    d, k = 20, 2
+    U = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    x = rng.standard_normal(d)
+    bad = x.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="x"):
+        kernels._extend_basis(xp.asarray(U), xp.asarray(bad), "x", "lowrank.U")
+    bad[3] = np.inf
+    with pytest.raises(ValueError, match="x"):
+        kernels._extend_basis(xp.asarray(U), xp.asarray(bad), "x", "lowrank.U")
+    badU = U.copy()
+    badU[0, 0] = np.nan
+    with pytest.raises(ValueError, match="lowrank.U"):
+        kernels._extend_basis(xp.asarray(badU), xp.asarray(x), "x", "lowrank.U")
+    huge = 1e200 * x  # |x|^2 overflows float64: factored as x / max|x|
+    B = kernels._extend_basis(xp.asarray(U), xp.asarray(huge))
+    Bn, R = explicit(xp, B, k), xp.to_numpy(B.R)
+    assert orth_err(Bn) < 1e-14
+    np.testing.assert_allclose(Bn @ R[:, k], huge, rtol=1e-13)
+
+
+def test_complement(xp, rng):
+    d, k = 30, 3
+    B = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    C = xp.to_numpy(kernels._complement(xp.asarray(B), 4))
+    assert C.shape == (d, 4)
+    assert orth_err(C) < 1e-14
+    assert np.abs(B.T @ C).max() < 1e-14
+    C2 = xp.to_numpy(kernels._complement(xp.asarray(B), 4))
+    np.testing.assert_array_equal(C, C2)  # deterministic
+    # complements of coordinate bases are dense (generic), not coordinate vectors
+    E = np.eye(d)[:, :k]
+    C = xp.to_numpy(kernels._complement(xp.asarray(E), 2))
+    assert np.abs(C[k:]).min() > 0.0 and np.abs(C[:k]).max() < 1e-14
