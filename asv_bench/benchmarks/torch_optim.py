@@ -1,0 +1,43 @@
+"""torch.optim wrappers: ``optimizer.step()`` of AdaGram / SketchedAdaGrad vs torch's own."""
+
+from ._common import BACKENDS
+
+
+def _torch_devices():
+    return [dev for label, name, dev in BACKENDS if name == "torch"] or ["cpu"]
+
+
+class Step:
+    params = [
+        _torch_devices(),
+        ["torch.Adagrad", "torch.Adam", "AdaGram", "SketchedAdaGrad"],
+        [10_000, 100_000, 1_000_000],
+        ["float32", "float64"],
+    ]
+    param_names = ["device", "optimizer", "d", "dtype"]
+    timeout = 120
+
+    def setup(self, device, optimizer, d, dtype):
+        import torch
+
+        import lowrank_precond.torch as lpt
+
+        gen = torch.Generator().manual_seed(0)
+        dt = getattr(torch, dtype)
+        self.p = torch.nn.Parameter(torch.randn(d, generator=gen, dtype=dt).to(device))
+        self.grads = [torch.randn(d, generator=gen, dtype=dt).to(device) for _ in range(4)]
+        factories = {
+            "torch.Adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1),
+            "torch.Adam": lambda ps: torch.optim.Adam(ps, lr=0.1),
+            "AdaGram": lambda ps: lpt.AdaGram(ps, lr=0.1, rank=5),
+            "SketchedAdaGrad": lambda ps: lpt.SketchedAdaGrad(ps, lr=0.1, rank=5),
+        }
+        self.opt = factories[optimizer]([self.p])
+        for i in range(8):  # past the exact warm-up
+            self.p.grad = self.grads[i % 4]
+            self.opt.step()
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def time_step(self, device, optimizer, d, dtype):
+        self.opt.step()
+        self.sync()
