@@ -81,6 +81,13 @@ def array_namespace(*arrays: Any) -> Any:
     ``array_api_compat.numpy``, torch tensors ``array_api_compat.torch``, CuPy arrays
     ``array_api_compat.cupy`` and ``array_api_strict`` arrays that namespace itself.
     Python scalars and ``None`` are ignored. Mixing array kinds raises ``TypeError``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.array_namespace(np.ones(3), None, 2.0).__name__
+    'array_api_compat.numpy'
     """
     arrays = tuple(a for a in arrays if a is not None and not isinstance(a, (int, float, bool)))
     if not arrays:
@@ -161,6 +168,12 @@ def available() -> dict[str, dict[str, Any]]:
     dict
         ``{name: {"version": str, "devices": [str, ...]}}`` for each backend whose
         package imports. A CuPy without a usable GPU is listed with no devices.
+
+    Examples
+    --------
+    >>> from lowrank_precond import backends
+    >>> backends.available()["numpy"]["devices"]
+    ['cpu']
     """
     found: dict[str, dict[str, Any]] = {}
     for name in BACKENDS:
@@ -175,7 +188,17 @@ def available() -> dict[str, dict[str, Any]]:
 
 
 def name_of(x: Any) -> str:
-    """The backend name of array ``x`` (``"numpy"``, ``"torch"``, ``"cupy"``, ...)."""
+    """The backend name of array ``x`` (``"numpy"``, ``"torch"``, ``"cupy"``, ...).
+
+    Raises ``TypeError`` for anything else.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.name_of(np.zeros(2))
+    'numpy'
+    """
     if array_api_compat.is_torch_array(x):
         return "torch"
     if array_api_compat.is_cupy_array(x):
@@ -188,12 +211,29 @@ def name_of(x: Any) -> str:
 
 
 def device_of(x: Any) -> Any:
-    """The device that array ``x`` lives on (``array_api_compat.device``)."""
+    """The device that array ``x`` lives on (``array_api_compat.device``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.device_of(np.zeros(2))
+    'cpu'
+    """
     return array_api_compat.device(x)
 
 
 def to_device(x: Any, device: Any) -> Any:
-    """Move ``x`` to ``device`` (a no-op when it is already there)."""
+    """Move ``x`` to ``device`` (a no-op when it is already there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> x = np.zeros(2)
+    >>> backends.to_device(x, backends.device_of(x)) is x
+    True
+    """
     return array_api_compat.to_device(x, device)
 
 
@@ -212,7 +252,18 @@ def asarray(obj: Any, *, like: Any, dtype: Any = None) -> Any:
 
 
 def to_numpy(x: Any) -> Any:
-    """Copy an array of any backend to a NumPy array on the host."""
+    """Copy an array of any backend to a NumPy array on the host.
+
+    NumPy arrays are returned as they are (no copy); torch tensors are detached and moved to
+    the CPU; CuPy arrays are copied from the device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.to_numpy(backends.get("numpy").asarray([1.0, 2.0]))
+    array([1., 2.])
+    """
     import numpy as np
 
     if array_api_compat.is_numpy_array(x):
@@ -230,6 +281,13 @@ def synchronize(x: Any = None) -> None:
     """Wait for queued device work on ``x``'s device (CUDA); a no-op on the CPU.
 
     Use it around timings so GPU numbers are honest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.synchronize(np.zeros(2)) is None  # NumPy: nothing to wait for
+    True
     """
     if x is None:
         return
@@ -243,7 +301,15 @@ def synchronize(x: Any = None) -> None:
 
 
 def is_float32(x: Any) -> bool:
-    """True when ``x`` is a float32 array."""
+    """True when ``x`` is a float32 array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.is_float32(np.zeros(2, dtype=np.float32)), backends.is_float32(np.zeros(2))
+    (True, False)
+    """
     xp = array_namespace(x)
     return x.dtype == xp.float32
 
@@ -253,13 +319,31 @@ def core_dtype(x: Any) -> Any:
 
     float32 inputs get float64 cores: eigh/svd of a small matrix is cheap, and it keeps the
     rounding of the core below that of the tall factors. float64 stays float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.core_dtype(np.zeros(2, dtype=np.float32)) == np.float64
+    True
     """
     xp = array_namespace(x)
     return xp.float64 if x.dtype == xp.float32 else x.dtype
 
 
 def to_core(a: Any) -> Any:
-    """Cast ``a`` to :func:`core_dtype` (float32 -> float64; otherwise unchanged)."""
+    """Cast ``a`` to :func:`core_dtype` (float32 -> float64; otherwise unchanged).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.to_core(np.ones(2, dtype=np.float32)).dtype
+    dtype('float64')
+    >>> a = np.ones(2)
+    >>> backends.to_core(a) is a
+    True
+    """
     xp = array_namespace(a)
     dtype = core_dtype(a)
     return a if a.dtype == dtype else xp.astype(a, dtype)

@@ -27,7 +27,19 @@ __all__ = [
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Return ``float(value)``; raise ``ValueError`` unless it is finite and > 0 (>= 0)."""
+    """Return ``float(value)``; raise ``ValueError`` unless it is finite and > 0 (>= 0).
+
+    Non-real values (and ``bool``) raise ``TypeError``.
+
+    Examples
+    --------
+    >>> check_positive("lr", 0.1), check_positive("wd", 0, allow_zero=True)
+    (0.1, 0.0)
+    >>> check_positive("lr", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr: must be finite and > 0, got -1
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
     v = float(value)
@@ -39,7 +51,19 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """Return ``int(value)``; raise unless it is an integer (>= ``minimum``)."""
+    """Return ``int(value)``; raise unless it is an integer (>= ``minimum``).
+
+    Non-integers (and ``bool``) raise ``TypeError``, integers below ``minimum`` ``ValueError``.
+
+    Examples
+    --------
+    >>> check_int("maxiter", 10, minimum=0)
+    10
+    >>> check_int("maxiter", 1.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: maxiter: expected an integer, got 1.5
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {value!r}")
     v = int(value)
@@ -49,7 +73,17 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 
 
 def check_rank(name: str, rank: Any, d: int | None = None) -> int:
-    """Return ``rank`` as an int in ``[1, d]``."""
+    """Return ``rank`` as an int in ``[1, d]``.
+
+    Examples
+    --------
+    >>> check_rank("rank", 5, d=10)
+    5
+    >>> check_rank("rank", 5, d=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: rank: must be <= the dimension d=3, got 5
+    """
     r = check_int(name, rank, minimum=1)
     if d is not None and r > d:
         raise ValueError(f"{name}: must be <= the dimension d={d}, got {rank!r}")
@@ -57,7 +91,17 @@ def check_rank(name: str, rank: Any, d: int | None = None) -> int:
 
 
 def check_in(name: str, value: Any, allowed: Iterable[Any]) -> Any:
-    """Return ``value`` if it is one of ``allowed``; raise ``ValueError`` listing them."""
+    """Return ``value`` if it is one of ``allowed``; raise ``ValueError`` listing them.
+
+    Examples
+    --------
+    >>> check_in("direction", "symmetric", ("published", "symmetric"))
+    'symmetric'
+    >>> check_in("direction", "sym", ("published", "symmetric"))
+    Traceback (most recent call last):
+    ...
+    ValueError: direction: expected one of ('published', 'symmetric'), got 'sym'
+    """
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
@@ -65,7 +109,18 @@ def check_in(name: str, value: Any, allowed: Iterable[Any]) -> Any:
 
 
 def check_floating(name: str, x: Any) -> Any:
-    """Raise ``TypeError`` unless ``x`` is a real floating-point array; return its namespace."""
+    """Raise ``TypeError`` unless ``x`` is a real floating-point array; return its namespace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_floating("x", np.zeros(2)).__name__
+    'array_api_compat.numpy'
+    >>> check_floating("x", np.zeros(2, dtype=np.int64))
+    Traceback (most recent call last):
+    ...
+    TypeError: x: expected a real floating-point array, got dtype int64
+    """
     try:
         xp = array_api_compat.array_namespace(x)
     except TypeError:
@@ -76,7 +131,18 @@ def check_floating(name: str, x: Any) -> Any:
 
 
 def check_vector(name: str, x: Any, d: int | None = None) -> Any:
-    """Check that ``x`` is a 1-D floating array (of length ``d``); return its namespace."""
+    """Check that ``x`` is a 1-D floating array (of length ``d``); return its namespace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_vector("g", np.zeros(3), d=3).__name__
+    'array_api_compat.numpy'
+    >>> check_vector("g", np.zeros(3), d=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: g: expected length 2, got shape (3,)
+    """
     xp = check_floating(name, x)
     if x.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {tuple(x.shape)}")
@@ -112,6 +178,13 @@ def check_matching_rows(**arrays: Any) -> int:
 
 
 def all_finite(x: Any) -> bool:
-    """True when every entry of ``x`` is finite (one reduction, one scalar to the host)."""
+    """True when every entry of ``x`` is finite (one reduction, one scalar to the host).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> all_finite(np.array([1.0, 2.0])), all_finite(np.array([1.0, np.inf]))
+    (True, False)
+    """
     xp = array_api_compat.array_namespace(x)
     return bool(xp.all(xp.isfinite(x)))

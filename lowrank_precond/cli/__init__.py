@@ -43,7 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input)."""
+    """Run the command line; returns the exit code (0 ok, 2 bad input).
+
+    ``main(["compare", "--quick"])`` does what ``lowrank-precond compare --quick`` does in
+    the shell (``argv=None`` reads ``sys.argv``). Bad input prints one line to stderr and
+    returns 2; ``--help`` and ``--version`` exit through ``SystemExit`` as argparse does.
+
+    Examples
+    --------
+    >>> import contextlib, io, json
+    >>> import lowrank_precond
+    >>> from lowrank_precond.cli import main
+    >>> out, err = io.StringIO(), io.StringIO()
+    >>> with contextlib.redirect_stdout(out):
+    ...     code = main(["info", "--json"])
+    >>> code, json.loads(out.getvalue())["lowrank_precond"] == lowrank_precond.__version__
+    (0, True)
+    >>> with contextlib.redirect_stderr(err):
+    ...     code = main(["compare", "--rank", "0"])
+    >>> code, err.getvalue().strip()
+    (2, 'lowrank-precond compare: error: --rank: must be >= 1, got 0')
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

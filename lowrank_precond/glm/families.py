@@ -152,6 +152,17 @@ class Family:
       array) and its gradient ``dz = d loss / d z`` (shape of ``z``, i.e. the per-row
       derivative divided by ``n``);
     - :meth:`inverse_link` ``(z) -> mean response``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond.glm import Family, family
+    >>> fam = family("logistic")
+    >>> isinstance(fam, Family), fam.name, fam.is_classifier
+    (True, 'logistic', True)
+    >>> loss, dz = fam.loss_and_grad_z(np.zeros(2), fam.encode_labels(np.array([0, 1])))
+    >>> bool(np.isclose(loss, np.log(2.0))), bool(np.allclose(dz, [0.25, -0.25]))
+    (True, True)
     """
 
     name: ClassVar[str] = ""

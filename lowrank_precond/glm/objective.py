@@ -89,6 +89,21 @@ class Objective:
         ``n_calls / batches_per_epoch``: epochs (passes over the data) done so far.
     A, y
         The data as given (not copied).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond.glm import objective
+    >>> A = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> fun = objective("least_squares", A, np.array([1.0, 2.0, 3.0]), batch_size=2)
+    >>> fun.shape, fun.stochastic, fun.batches_per_epoch
+    ((2,), True, 2)
+    >>> loss, grad = fun(np.zeros(2))  # one minibatch of 2 rows
+    >>> fun.n_calls, fun.epochs
+    (1, 0.5)
+    >>> full_loss, _ = fun.full()(np.zeros(2))  # mean((A w - y)^2) / 2 over all rows
+    >>> bool(np.isclose(full_loss, (1 + 4 + 9) / 6))
+    True
     """
 
     def __init__(

@@ -75,6 +75,15 @@ class IncrementInfo:
     skipped : bool
         ``nu == 0`` (``g = 0`` or ``g`` in the null space of ``I - M``): the step changes
         nothing, ``x = y = 0`` and every direction is zero [A09].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond.linalg import Factored, rank_one_increment
+    >>> M0 = Factored.zeros(3, like=np.zeros(3))
+    >>> info = rank_one_increment(M0, np.array([3.0, 0.0, 4.0]), eps=1.0)
+    >>> info.nu, info.skipped, bool(np.isclose(info.s, np.sqrt(26.0)))
+    (5.0, False, True)
     """
 
     gbar: Any

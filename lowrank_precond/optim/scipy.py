@@ -459,6 +459,15 @@ class ScipyMethod:
     Calling it as scipy does, ``method(fun, x0, args=..., jac=..., hess=..., hessp=...,
     bounds=..., constraints=..., callback=..., **options)``, runs :func:`minimize` with the
     options given to :func:`scipy_method` updated by the call's options.
+
+    Examples
+    --------
+    >>> import lowrank_precond as lp
+    >>> method = lp.scipy_method("adagram", rank=5, lr=0.5)
+    >>> method
+    scipy_method('adagram', rank=5, lr=0.5)
+    >>> method.method, method.options
+    ('adagram', {'rank': 5, 'lr': 0.5})
     """
 
     def __init__(self, method: str, options: dict[str, Any]) -> None:

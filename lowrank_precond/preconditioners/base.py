@@ -54,6 +54,18 @@ class Preconditioner:
         dtype and backend.
     hyperparams : dict
         The validated arguments of the factory (for logging and ``repr``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> pre = pc.adagrad(eps=1e-8)
+    >>> pre.name, pre.hyperparams["eps"]
+    ('adagrad', 1e-08)
+    >>> state = pre.init(np.zeros(2))
+    >>> direction, state = pre.update(np.array([3.0, -4.0]), state)
+    >>> bool(np.allclose(direction, [1.0, -1.0]))  # g / sqrt(eps + g^2) on the first step
+    True
     """
 
     name: str
