@@ -37,9 +37,10 @@ class Backend:
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         a = np.asarray(a)
         if dtype is None:
-            dtype = {np.dtype("float32"): self.ns.float32, np.dtype("float64"): self.ns.float64}.get(
-                a.dtype
-            )
+            dtype = {
+                np.dtype("float32"): self.ns.float32,
+                np.dtype("float64"): self.ns.float64,
+            }.get(a.dtype)
         if self.name.startswith("array_api_strict"):
             return self.ns.asarray(a.tolist() if a.ndim else a.item(), dtype=dtype)
         return self.ns.asarray(a, dtype=dtype, device=self.device)
@@ -77,7 +78,9 @@ def _make(name: str) -> Backend:
     if name == "numpy":
         return Backend("numpy", backends.get("numpy"))
     if name == "torch":
-        pytest.importorskip("torch", reason="torch not installed: pip install 'lowrank-precond[torch]'")
+        pytest.importorskip(
+            "torch", reason="torch not installed: pip install 'lowrank-precond[torch]'"
+        )
         return Backend("torch", backends.get("torch"), "cpu")
     if name == "torch-cuda":
         if not _torch_cuda():

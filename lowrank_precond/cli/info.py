@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"lowrank_precond {info['lowrank_precond']} (Python {info['python']}, {info['platform']})")
+    print(
+        f"lowrank_precond {info['lowrank_precond']} (Python {info['python']}, {info['platform']})"
+    )
     print("backends:")
     for name in backends.BACKENDS:
         entry = info["backends"].get(name)
@@ -76,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if info["missing_extras"]:
         print("missing extras:")
         for extra, mods in info["missing_extras"].items():
-            print(f"  {extra:<6} (missing {', '.join(mods)}): pip install 'lowrank-precond[{extra}]'")
+            print(
+                f"  {extra:<6} (missing {', '.join(mods)}): pip install 'lowrank-precond[{extra}]'"
+            )
     else:
         print("missing extras: none")
     return 0
