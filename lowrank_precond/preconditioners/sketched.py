@@ -13,8 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, check_int, device_of
-from lowrank_precond.linalg.sketch import GramSketch, gram_sketch_update, sketch_inverse_sqrt_apply
+from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
+from lowrank_precond.linalg.sketch import INTEGRATORS as SKETCH_INTEGRATORS
+from lowrank_precond.linalg.sketch import (
+    GramSketch,
+    gram_sketch_update,
+    sketch_inverse_sqrt_apply,
+)
 from lowrank_precond.preconditioners._common import (
     bias_correction,
     check_betas,
@@ -96,10 +101,13 @@ def sketched_adagrad(
     shrink : bool
         ``True``: Frequent Directions (shrink by the dropped eigenvalue, the Loewner sandwich
         above). ``False``: plain truncation with the dropped eigenvalue added to ``rho``.
-    integrator : None
-        Reserved for the low-rank integrators applied to the increment ``g g^T``; only
-        ``None`` (Frequent Directions) is implemented by
-        :func:`~lowrank_precond.linalg.gram_sketch_update`, anything else is a ``ValueError``.
+    integrator : {None, "truncated_svd", "projector_splitting", "basis_update_galerkin"}
+        ``None``: Frequent Directions. Otherwise the seeds' integrators applied to the
+        symmetric increment ``g g^T`` once the sketch holds ``rank`` columns, with the escaped
+        trace added to ``rho`` (:func:`~lowrank_precond.linalg.gram_sketch_update`). Measured
+        (d = 40, r = 5, 300 steps): ``truncated_svd`` equals plain truncation; KSL and BUG
+        break the Loewner sandwich (by -2.4e-3 and -1.3e-2 relative), so FD stays the default.
+        Requires ``shrink=True``.
     betas : (float, float)
         ``(b1, b2)`` in ``[0, 1)``. ``b1 > 0``: first moment (above). ``b2 = 0`` (default):
         AdaGrad's running *sum* ``H = sum g g^T``. ``b2 > 0``: an exponential moving average
@@ -142,10 +150,9 @@ def sketched_adagrad(
     rank = check_int("rank", rank, minimum=1)
     eps = check_eps("eps", eps)
     shrink = check_bool("shrink", shrink)
-    if integrator is not None:
-        raise ValueError(
-            f"integrator: only None (Frequent Directions) is implemented, got {integrator!r}"
-        )
+    check_in("integrator", integrator, SKETCH_INTEGRATORS)
+    if integrator is not None and not shrink:
+        raise ValueError(f"integrator: {integrator!r} needs shrink=True")
     b1, b2 = check_betas("betas", betas)
 
     def init(x: Any) -> SketchedAdaGradState:
@@ -173,7 +180,7 @@ def sketched_adagrad(
         if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
             sketch = GramSketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
         fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
-                                 min(rank, d), shrink=shrink)
+                                 min(rank, d), shrink=shrink, integrator=integrator)
         if fed is sketch and b1 == 0.0 and b2 == 0.0:  # g = 0 and no moments: no step
             return xp.zeros_like(grad), state
         sketch = fed

@@ -329,3 +329,23 @@ def test_two_million_parameters():
         p, state = pre.update(rng.standard_normal(d), state)
         assert np.all(np.isfinite(p))
     assert state.U.shape == (d, r) and _rho(state) > 0.0
+
+
+@pytest.mark.parametrize("integrator", ["truncated_svd", "projector_splitting"])
+def test_integrator_option_uses_the_linalg_sketch_update(integrator):
+    """``integrator=`` is passed through: the state equals gram_sketch_update's, step by step."""
+    from lowrank_precond.linalg import GramSketch, gram_sketch_update, sketch_inverse_sqrt_apply
+
+    rng = np.random.default_rng(7)
+    d, rank, eps = 12, 3, 1e-2
+    pre = sketched_adagrad(rank=rank, eps=eps, integrator=integrator)
+    state = pre.init(np.zeros(d))
+    sketch = GramSketch.empty(d, like=np.zeros(d))
+    for _ in range(10):
+        g = rng.standard_normal(d)
+        p, state = pre.update(g, state)
+        sketch = gram_sketch_update(sketch, g, rank, integrator=integrator)
+        np.testing.assert_allclose(p, sketch_inverse_sqrt_apply(sketch, g, eps), rtol=1e-12)
+    np.testing.assert_allclose(state.sig2, sketch.sig2, rtol=1e-12)
+    with pytest.raises(ValueError, match="integrator: 'truncated_svd' needs shrink=True"):
+        sketched_adagrad(integrator="truncated_svd", shrink=False)
