@@ -36,6 +36,7 @@ from lowrank_precond.linalg.integrators import (
     truncated_svd,
 )
 from lowrank_precond.linalg.lowrank import Factored, LowRank
+from lowrank_precond.linalg.streaming import REFRESH_EVERY, ksl_adagram_step
 from lowrank_precond.preconditioners._common import (
     bias_correction,
     check_betas,
@@ -225,6 +226,15 @@ class _Updated:
         return self.old.rmatvec(v) + self.info.y * xp.vecdot(self.info.x, v)
 
 
+class _StreamedInfo:
+    """The parts of ``IncrementInfo`` that the published direction needs (streamed step)."""
+
+    skipped = False
+
+    def __init__(self, nu: float, published: Any):
+        self.nu, self.published = nu, published
+
+
 def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
     z = xp.zeros((d, 0), dtype=dtype, device=device)
     return {"P": z, "Q": z, "U": z, "S": xp.zeros((0, 0), dtype=dtype, device=device), "V": z}
@@ -237,6 +247,35 @@ def _norm(xp: Any, g: Any) -> float:
         m = float(xp.max(xp.abs(g)))
         n = m * float(xp.linalg.vector_norm(g / m)) if m > 0.0 else 0.0
     return n
+
+
+def _streamed(
+    state: AdaGramState, g: Any, eps: float
+) -> tuple[_Updated, dict[str, Any]] | None:
+    """The truncated KSL step with the published direction in three passes over ``d``.
+
+    :func:`~lowrank_precond.linalg.streaming.ksl_adagram_step` fuses
+    ``rank_one_increment`` + ``projector_splitting`` (same ``M``, same direction, to
+    rounding); ``None`` where it declines (zero/non-finite ``gbar``, tiny ``d``), and the
+    general path below takes the step. ``g`` may still be in the parameter's dtype.
+    """
+    old = LowRank(state.U, state.S, state.V)
+    refresh = state.t % REFRESH_EVERY == 0
+    res = ksl_adagram_step(old, g, eps, refresh=refresh)
+    if res is None:
+        return None
+    gg = res.gnorm_sq
+    if gg > 1e-280 and math.isfinite(gg):
+        gnorm = math.sqrt(gg)
+    else:
+        gnorm = _norm(array_namespace(g), g)
+    ratio = math.sqrt(eps) * res.nu / gnorm
+    new = res.lowrank
+    fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+    fields["t"] = state.t + 1
+    fields["sumsq"] = state.sumsq + gnorm * gnorm
+    fields["last_rho"] = ratio * ratio
+    return _Updated(old, _StreamedInfo(res.nu, res.published)), fields
 
 
 def _advance(
@@ -313,6 +352,11 @@ class _Core:
         _check_integrator(integrator, self.order, self.tol)
         self.integrator = integrator
         self.factor_dtype = _dtype_name(factor_dtype)
+        # adagram's truncated KSL step with the published direction has a streamed form
+        self.streamable = (
+            integrator == "projector_splitting" and self.order == 1
+            and self.direction == "published"
+        )
 
     def hyperparams(self) -> dict[str, Any]:
         return {
@@ -339,7 +383,7 @@ class _Core:
         fields.update(t=0, sumsq=0.0, last_rho=0.0)
         return fields
 
-    def flat(self, grad: Any, state: AdaGramState) -> Any:
+    def flat(self, grad: Any, state: AdaGramState, cast: bool = True) -> Any:
         """``grad`` flattened to ``(d,)`` in the factor dtype (checked against the state)."""
         xp = array_namespace(grad)
         d = int(state.P.shape[0])
@@ -349,6 +393,8 @@ class _Core:
                 f"for d={d}"
             )
         g = xp.reshape(grad, (d,))
+        if not cast:
+            return g
         return g if g.dtype == state.P.dtype else xp.astype(g, state.P.dtype)
 
     def advance(self, state: AdaGramState, g: Any):
@@ -510,6 +556,12 @@ def adagram(
         return AdaGramState(**core.init_fields(x))
 
     def update(grad: Any, state: AdaGramState) -> tuple[Any, AdaGramState]:
+        if core.streamable and state.truncated:
+            # raw flat gradient: the streamed step casts it block by block
+            streamed = _streamed(state, core.flat(grad, state, cast=False), core.eps)
+            if streamed is not None:
+                updated, fields = streamed
+                return _output(updated.info.published, grad), AdaGramState(**fields)
         g = core.flat(grad, state)
         updated, fields = core.advance(state, g)
         if fields is None:

@@ -1,0 +1,186 @@
+"""In-place block kernels for the row-blocked passes of :mod:`lowrank_precond.linalg.streaming`.
+
+The streamed AdaGram step walks ``d`` in row blocks and writes each output block once. The
+array API has no ``out=`` arguments, so a generic ``dst[i] = A + B @ C`` evaluates
+block-sized temporaries and then copies the result; on a CPU that costs about as much as the
+memory traffic of the block itself. NumPy and torch (CPU) can write in place (torch even fuses
+``A + B @ C`` into one ``addmm``). These helpers pick that path by backend and fall back to
+plain array-API expressions elsewhere (CuPy, array-api-strict, ...), so the math layers stay
+free of backend imports (``lowrank_precond.linalg`` imports only this package).
+
+Every ``*_into`` function writes ``parent[index]`` and returns nothing; ``index`` is a tuple
+of slices selecting a block view of ``parent``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+__all__ = ["empty", "lincomb_into", "residual_into", "scale_into", "stacked_parent"]
+
+
+def _kind(x: Any) -> str:
+    if array_api_compat.is_numpy_array(x):
+        return "numpy"
+    if array_api_compat.is_torch_array(x) and x.device.type == "cpu":
+        return "torch"
+    return "generic"
+
+
+def empty(shape: tuple[int, ...], like: Any) -> Any:
+    """Uninitialised array of ``shape`` with ``like``'s kind, device and dtype.
+
+    For torch CPU tensors the buffer comes from NumPy (shared, zero-copy): NumPy asks the
+    kernel for transparent huge pages on large allocations, so the first-touch page faults of
+    a fresh ``d x r`` factor cost several times less than with torch's own allocator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> empty((2, 3), np.zeros(1, dtype=np.float32)).dtype
+    dtype('float32')
+    """
+    if _kind(like) == "torch":
+        import numpy as np
+        import torch
+
+        if like.dtype in (torch.float64, torch.float32):
+            np_dtype = np.float64 if like.dtype == torch.float64 else np.float32
+            return torch.from_numpy(np.empty(shape, dtype=np_dtype))
+    xp = array_api_compat.array_namespace(like)
+    return xp.empty(shape, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+def residual_into(parent: Any, index: Any, c: Any, g: Any, M: Any, F: Any) -> None:
+    """``parent[index] = c g^T - M @ F`` (``c`` ``(k,)``, ``g`` ``(B,)``, ``M`` ``(k, n)``,
+    ``F`` ``(n, B)``; a 1-D ``index`` with ``k = 1`` squeezed: ``c`` a float, ``M`` ``(n,)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.zeros(3)
+    >>> residual_into(out, (slice(0, 3),), 2.0, np.ones(3), np.ones(1), np.ones((1, 3)))
+    >>> out
+    array([1., 1., 1.])
+    >>> out2 = np.zeros((2, 3))
+    >>> residual_into(out2, (slice(None), slice(0, 3)), np.array([1.0, 2.0]), np.ones(3),
+    ...               np.eye(2), np.ones((2, 3)))
+    >>> out2
+    array([[0., 0., 0.],
+           [1., 1., 1.]])
+    """
+    kind = _kind(parent)
+    vec = isinstance(c, float)
+    if kind == "numpy":
+        import numpy as np
+
+        dst = parent[index]
+        if vec:
+            np.multiply(g, c, out=dst)
+        else:
+            np.multiply(c[:, None], g, out=dst)
+        dst -= M @ F
+    elif kind == "torch":
+        import torch
+
+        if vec:
+            torch.addmv(g, F.T, M, beta=c, alpha=-1.0, out=parent[index])
+        else:
+            torch.addmm(torch.outer(c, g), M, F, alpha=-1.0, out=parent[index])
+    else:
+        xp = array_api_compat.array_namespace(parent)
+        cg = c * g if vec else xp.reshape(c, (-1, 1)) * xp.reshape(g, (1, -1))
+        parent[index] = cg - M @ F
+
+
+def lincomb_into(parent: Any, index: Any, base: Any, Vm: Any, E: Any) -> None:
+    """``parent[index] = base + Vm @ E`` (``base`` ``(n, B)``, ``Vm`` ``(n, k)``, ``E`` ``(k, B)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.zeros((2, 4))
+    >>> lincomb_into(out, (slice(None), slice(1, 3)), np.ones((2, 2)),
+    ...              np.array([[1.0], [2.0]]), np.array([[10.0, 20.0]]))
+    >>> out
+    array([[ 0., 11., 21.,  0.],
+           [ 0., 21., 41.,  0.]])
+    """
+    kind = _kind(parent)
+    if kind == "numpy":
+        import numpy as np
+
+        dst = parent[index]
+        np.matmul(Vm, E, out=dst)
+        dst += base
+    elif kind == "torch":
+        import torch
+
+        torch.addmm(base, Vm, E, out=parent[index])
+    else:
+        parent[index] = base + Vm @ E
+
+
+def scale_into(parent: Any, index: Any, c: float) -> None:
+    """``parent[index] *= c`` (in place where the backend allows, else a write-back).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.ones(4)
+    >>> scale_into(out, (slice(1, 3),), 0.5)
+    >>> out
+    array([1. , 0.5, 0.5, 1. ])
+    """
+    if _kind(parent) in ("numpy", "torch"):
+        dst = parent[index]
+        dst *= c
+    else:
+        parent[index] = parent[index] * c
+
+
+def stacked_parent(top: Any, bottom: Any) -> Any:
+    """The ``(2r, d)`` array whose rows are ``[top; bottom]``, if both are views of it.
+
+    ``top`` and ``bottom`` are ``(r, d)`` arrays (e.g. ``U.T`` and ``V.T`` of a streamed
+    step's output, which writes both factors into one row-contiguous buffer). Returns that
+    buffer as one array (a view, no copy) when ``top`` is its first ``r`` rows and ``bottom``
+    the next ``r``, both row-contiguous; ``None`` otherwise (and for other backends), in
+    which case callers stack blocks themselves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.arange(12.0).reshape(4, 3)
+    >>> stacked_parent(W[:2], W[2:]) is not None, stacked_parent(W[:2], W[2:] + 0) is None
+    (True, True)
+    """
+    kind = _kind(top)
+    if kind == "generic" or _kind(bottom) != kind or top.dtype != bottom.dtype:
+        return None
+    if tuple(top.shape) != tuple(bottom.shape) or top.ndim != 2:
+        return None
+    r, d = int(top.shape[0]), int(top.shape[1])
+    if kind == "numpy":
+        import numpy as np
+
+        item = top.itemsize
+        if top.strides != (d * item, item) or bottom.strides != top.strides:
+            return None
+        base = top.base if top.base is not None else top
+        if base is not bottom.base and base is not bottom:
+            return None
+        t0 = top.__array_interface__["data"][0]
+        b0 = bottom.__array_interface__["data"][0]
+        if b0 - t0 != r * d * item:
+            return None
+        return np.lib.stride_tricks.as_strided(top, shape=(2 * r, d), strides=top.strides)
+    if top.stride() != (d, 1) or bottom.stride() != (d, 1):
+        return None
+    if top.untyped_storage().data_ptr() != bottom.untyped_storage().data_ptr():
+        return None
+    if bottom.storage_offset() - top.storage_offset() != r * d:
+        return None
+    return top.as_strided((2 * r, d), (d, 1))

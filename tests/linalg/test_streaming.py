@@ -1,0 +1,215 @@
+"""The streamed AdaGram KSL step against its definition (ALGORITHMS.md A.3, B.2.2, B.4)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment, streaming
+from lowrank_precond.linalg.streaming import REFRESH_EVERY, ksl_adagram_step
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 16 rows, so that the multi-block code runs at test sizes (numpy, torch)."""
+    monkeypatch.setattr(streaming, "_MIN_ROWS", 16)
+    monkeypatch.setattr(streaming, "BLOCK_BYTES", 16 * 8)
+
+
+def orth(A):
+    return np.linalg.qr(A)[0]
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def random_state(rng, d, r):
+    U, V = orth(rng.standard_normal((d, r))), orth(rng.standard_normal((d, r)))
+    return U, np.diag(rng.random(r) + 0.5) + 0.1 * rng.standard_normal((r, r)), V
+
+
+def dense_step(U, S, V, g, eps):
+    """A.3 + B.2.2 densely: gbar, x, y, and Y1 = proj((Y0 + x y^T) V0) (Y0 + x y^T) [B02]."""
+    Y0 = U @ S @ V.T
+    gbar = (g - Y0 @ g) / math.sqrt(eps)
+    nu = np.linalg.norm(gbar)
+    s = math.hypot(1.0, nu)
+    x = gbar / (s * (1 + s))
+    y = gbar - Y0.T @ gbar
+    Y = Y0 + np.outer(x, y)
+    Q = orth(Y @ V)
+    return Q @ (Q.T @ Y), gbar / s
+
+
+def dense(xp, M):
+    return xp.to_numpy(M.U) @ xp.to_numpy(M.S) @ xp.to_numpy(M.V).T
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_matches_dense_definition_every_backend(xp, rng):
+    d, r, eps = 120, 4, 0.05
+    U, S, V = random_state(rng, d, r)
+    M = LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V))
+    for _ in range(5):
+        g = rng.standard_normal(d)
+        Y1, p = dense_step(xp.to_numpy(M.U), xp.to_numpy(M.S), xp.to_numpy(M.V), g, eps)
+        out = ksl_adagram_step(M, xp.asarray(g), eps)
+        assert out is not None and out.cgs2 == (False, False)
+        assert rel(dense(xp, out.lowrank), Y1) < 1e-11
+        assert rel(xp.to_numpy(out.published), p) < 1e-12
+        assert out.nu == pytest.approx(np.linalg.norm(p) * out.s, rel=1e-12)
+        assert out.gnorm_sq == pytest.approx(g @ g, rel=1e-12)
+        for F in (out.lowrank.U, out.lowrank.V):
+            F = xp.to_numpy(F)
+            assert np.abs(F.T @ F - np.eye(r)).max() < 1e-13
+        M = out.lowrank
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_equals_increment_then_projector_splitting(xp_fast, rng):
+    """Same M and direction as rank_one_increment + projector_splitting, over 40 steps."""
+    xp = xp_fast
+    d, r, eps = 90, 5, 1e-3
+    U, S, V = random_state(rng, d, r)
+    Ms = LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V))
+    Mg = Ms
+    for _ in range(40):
+        g = xp.asarray(rng.standard_normal(d) * rng.uniform(0.1, 10.0))
+        info = rank_one_increment(Mg, g, eps)
+        Mg = projector_splitting(Mg, info.x, info.y)
+        out = ksl_adagram_step(Ms, g, eps)
+        Ms = out.lowrank
+        assert rel(dense(xp, Ms), dense(xp, Mg)) < 1e-10
+        assert rel(xp.to_numpy(out.published), xp.to_numpy(info.published)) < 1e-10
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("kind", ["in_span", "near_span"])
+def test_gradient_in_span_reorthogonalises(xp_fast, rng, kind):
+    """gbar in (or within 1e-7 of) span U and span V: the explicit CGS2 pass, exact KSL."""
+    xp = xp_fast
+    d, r, eps = 150, 4, 0.1
+    U = orth(rng.standard_normal((d, r)))
+    S = np.diag([1.0, 0.8, 0.6, 0.4])
+    M = LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(U.copy()))  # span U = span V
+    g = U @ rng.standard_normal(r)
+    if kind == "near_span":
+        g = g + 1e-7 * rng.standard_normal(d)
+    out = ksl_adagram_step(M, xp.asarray(g), eps)
+    assert out.cgs2 == (True, True)
+    Y1, p = dense_step(U, S, U, g, eps)
+    assert rel(dense(xp, out.lowrank), Y1) < 1e-10
+    assert rel(xp.to_numpy(out.published), p) < 1e-12
+    for F in (out.lowrank.U, out.lowrank.V):
+        F = xp.to_numpy(F)
+        assert np.abs(F.T @ F - np.eye(r)).max() < 1e-13
+    if kind == "in_span":  # nothing new to span: the bases are returned as they are
+        assert out.lowrank.U is M.U and out.lowrank.V is M.V
+
+
+@pytest.mark.parametrize("kind", ["random", "repeated", "low_dimensional"])
+def test_orthonormal_after_1000_steps(rng, small_blocks, kind):
+    """Each step adds O(u) to |U^T U - I| without compounding; refresh as adagram does."""
+    d, r, eps = 60, 5, 1e-3
+    pool = [rng.standard_normal(d) for _ in range(4)]
+    B = rng.standard_normal((d, r - 1))
+    if kind == "random":
+        U, S, V = random_state(rng, d, r)
+    else:  # as after AdaGram's warm-up: span U = span V contains the gradients
+        U = orth(np.column_stack(pool + [rng.standard_normal(d)]) if kind == "repeated"
+                 else np.column_stack([B, rng.standard_normal(d)]))
+        U, S, V = U, np.diag(np.linspace(1.0, 0.9, r)), U.copy()
+    M = LowRank(U, S, V)
+    explicit = 0
+    for t in range(1000):
+        if kind == "random":
+            g = rng.standard_normal(d)
+        elif kind == "repeated":
+            g = pool[t % 4] * (1.0 + 0.2 * math.sin(t))
+        else:
+            g = B @ rng.standard_normal(r - 1)
+        out = ksl_adagram_step(M, g, eps, refresh=t % REFRESH_EVERY == 0)
+        assert out is not None or t % REFRESH_EVERY == 0
+        if out is None:  # refresh declined (re-orthogonalisation needed too): general path
+            info = rank_one_increment(M, g, eps)
+            M = projector_splitting(M, info.x, info.y)
+            continue
+        explicit += any(out.cgs2)
+        M = out.lowrank
+    for F in (M.U, M.V):
+        assert np.abs(F.T @ F - np.eye(r)).max() < 1e-12
+    assert (explicit > 100) == (kind != "random")  # the re-orthogonalisation path ran
+
+
+def test_refresh_removes_drift_without_extra_pass(rng):
+    d, r, eps = 80, 3, 0.05
+    U, S, V = random_state(rng, d, r)
+    Ud = U @ (np.eye(r) + 1e-9 * rng.standard_normal((r, r)))  # |U^T U - I| ~ 1e-9
+    M = LowRank(Ud, S, V)
+    g = rng.standard_normal(d)
+    Y1, p = dense_step(Ud, S, V, g, eps)  # the same M, whatever its basis
+    out = ksl_adagram_step(M, g, eps, refresh=True)
+    assert np.abs(out.lowrank.U.T @ out.lowrank.U - np.eye(r)).max() < 1e-14
+    assert rel(out.lowrank.dense(), Y1) < 1e-10
+    assert rel(out.published, p) < 1e-12
+    # without the refresh the drift is carried along
+    plain = ksl_adagram_step(M, g, eps)
+    assert np.abs(plain.lowrank.U.T @ plain.lowrank.U - np.eye(r)).max() > 1e-11
+    # beyond DRIFT_LIMIT the streamed path declines
+    bad = LowRank(U * 1.01, S, V)
+    assert ksl_adagram_step(bad, g, eps, refresh=True) is None
+
+
+def test_declines_where_the_general_path_must_decide(rng):
+    d, r = 40, 3
+    U, S, V = random_state(rng, d, r)
+    M = LowRank(U, S, V)
+    assert ksl_adagram_step(M, np.zeros(d), 0.1) is None  # gbar = 0: a skipped step
+    g = rng.standard_normal(d)
+    g[3] = np.nan
+    assert ksl_adagram_step(M, g, 0.1) is None  # non-finite: the general path raises
+    assert ksl_adagram_step(M, np.full(d, 1e160), 1e-8) is None  # |gbar|^2 overflows
+    assert ksl_adagram_step(M, np.full(d, 1e-170), 1.0) is None  # |gbar|^2 underflows
+    Ms = LowRank(U[:7], S, V[:7])  # d < 2 r + 2
+    assert ksl_adagram_step(Ms, rng.standard_normal(7), 0.1) is None
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_float32_factors_and_float32_gradient(xp_fast, rng):
+    xp = xp_fast
+    d, r, eps = 100, 4, 0.05
+    U, S, V = random_state(rng, d, r)
+    g = rng.standard_normal(d)
+    ref = ksl_adagram_step(LowRank(U, S, V), g, eps)
+    f32 = lambda a: xp.asarray(a.astype(np.float32))  # noqa: E731
+    out = ksl_adagram_step(LowRank(f32(U), f32(S), f32(V)), f32(g), eps)
+    assert out.lowrank.U.dtype == xp.float32 and out.published.dtype == xp.float32
+    assert rel(dense(xp, out.lowrank).astype(np.float64), ref.lowrank.dense()) < 1e-5
+    # a float32 gradient with float64 factors is cast block by block
+    out64 = ksl_adagram_step(LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V)), f32(g), eps)
+    ref32 = ksl_adagram_step(LowRank(U, S, V), g.astype(np.float32).astype(np.float64), eps)
+    assert out64.published.dtype == xp.float64
+    assert rel(dense(xp, out64.lowrank), ref32.lowrank.dense()) < 1e-12
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_outputs_share_one_buffer_and_stacked_inputs_agree(xp_fast, rng):
+    """Both factors are written to one (2r, d) buffer; the next step reads it stacked."""
+    from lowrank_precond.backends.blocked import stacked_parent
+
+    xp = xp_fast
+    d, r, eps = 70, 3, 0.05
+    U, S, V = random_state(rng, d, r)
+    out = ksl_adagram_step(LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V)),
+                           xp.asarray(rng.standard_normal(d)), eps)
+    M1 = out.lowrank
+    if xp.name in ("numpy", "torch"):
+        assert stacked_parent(M1.U.T, M1.V.T) is not None
+    copies = LowRank(xp.asarray(xp.to_numpy(M1.U).copy()), M1.S,
+                     xp.asarray(xp.to_numpy(M1.V).copy()))
+    assert stacked_parent(copies.U.T, copies.V.T) is None
+    g = xp.asarray(rng.standard_normal(d))
+    a, b = ksl_adagram_step(M1, g, eps), ksl_adagram_step(copies, g, eps)
+    assert rel(dense(xp, a.lowrank), dense(xp, b.lowrank)) < 1e-13
+    assert rel(xp.to_numpy(a.published), xp.to_numpy(b.published)) < 1e-14

@@ -1,0 +1,87 @@
+"""adagram's streamed truncated KSL step (linalg.streaming) equals its general path.
+
+``adagram(rank=r, integrator="projector_splitting", direction="published")`` takes the
+truncated step through :func:`lowrank_precond.linalg.streaming.ksl_adagram_step`; these tests
+replay the same streams with that path switched off and compare states and directions.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from lowrank_precond import preconditioners as pc
+
+adagram_module = importlib.import_module("lowrank_precond.preconditioners.adagram")
+
+
+def _run(grads, streamed, monkeypatch, **kw):
+    calls = []
+    real = adagram_module._streamed
+
+    def spy(*args):
+        out = real(*args) if streamed else None
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(adagram_module, "_streamed", spy)
+    pre = pc.adagram(**kw)
+    state = pre.init(grads[0])
+    ps, states = [], []
+    for g in grads:
+        p, state = pre.update(g, state)
+        ps.append(np.asarray(p))
+        states.append(state)
+    monkeypatch.setattr(adagram_module, "_streamed", real)
+    return ps, states, calls
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.parametrize("kind", ["random", "repeated", "zero_and_repeated"])
+def test_streamed_equals_general_path(rng, monkeypatch, kind):
+    d, r, eps = 300, 4, 1e-3
+    pool = [rng.standard_normal(d) for _ in range(3)]
+    grads = []
+    for t in range(40):
+        if kind == "random":
+            grads.append(rng.standard_normal(d))
+        else:
+            grads.append(pool[t % 3] * (1.0 + 0.1 * np.sin(t)))
+    if kind == "zero_and_repeated":
+        grads[20] = np.zeros(d)
+    kw = {"rank": r, "eps": eps}
+    p1, s1, calls = _run(grads, True, monkeypatch, **kw)
+    p0, s0, _ = _run(grads, False, monkeypatch, **kw)
+    assert sum(calls) >= 30  # the streamed path took the truncated steps
+    for t, (a, b, x, y) in enumerate(zip(p1, p0, s1, s0, strict=True)):
+        assert _rel(a, b) < 1e-9, t
+        assert (x.t, x.truncated) == (y.t, y.truncated)
+        assert x.sumsq == pytest.approx(y.sumsq, rel=1e-12)
+        assert x.last_rho == pytest.approx(y.last_rho, rel=1e-9)
+        if x.truncated:
+            assert _rel(x.U @ x.S @ x.V.T, y.U @ y.S @ y.V.T) < 1e-9, t
+    if kind == "zero_and_repeated":
+        assert s1[20] is s1[19]  # a zero gradient is no step, on either path
+
+
+def test_streamed_path_only_for_published_lie_trotter(monkeypatch, rng):
+    grads = [rng.standard_normal(50) for _ in range(8)]
+    for kw in ({"direction": "symmetric"}, {"direction": "newton"}, {"order": 2},
+               {"integrator": "truncated_svd"}):
+        _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1, **kw)
+        assert not calls
+    _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1)
+    assert calls and all(calls)
+
+
+def test_float32_parameter_streamed(monkeypatch, rng):
+    """float32 gradients reach the streamed step uncast; the result matches the general path."""
+    grads = [rng.standard_normal(200).astype(np.float32) for _ in range(20)]
+    p1, s1, calls = _run(grads, True, monkeypatch, rank=4, eps=1e-2)
+    p0, s0, _ = _run(grads, False, monkeypatch, rank=4, eps=1e-2)
+    assert any(calls) and p1[-1].dtype == np.float32 and s1[-1].U.dtype == np.float64
+    for a, b in zip(p1, p0, strict=True):
+        assert _rel(a.astype(np.float64), b.astype(np.float64)) <= 2.0**-22
