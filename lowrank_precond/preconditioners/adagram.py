@@ -227,12 +227,12 @@ class _Updated:
 
 
 class _StreamedInfo:
-    """The parts of ``IncrementInfo`` that the published direction needs (streamed step)."""
+    """What the streamed step leaves for ``update``: ``nu`` and the finished direction."""
 
     skipped = False
 
-    def __init__(self, nu: float, published: Any):
-        self.nu, self.published = nu, published
+    def __init__(self, nu: float, direction: Any):
+        self.nu, self.direction = nu, direction
 
 
 def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
@@ -250,18 +250,19 @@ def _norm(xp: Any, g: Any) -> float:
 
 
 def _streamed(
-    state: AdaGramState, g: Any, eps: float
+    state: AdaGramState, g: Any, eps: float, direction: str
 ) -> tuple[_Updated, dict[str, Any]] | None:
-    """The truncated KSL step with the published direction in three passes over ``d``.
+    """The truncated KSL step with its direction in a few row-blocked passes over ``d``.
 
     :func:`~lowrank_precond.linalg.streaming.ksl_adagram_step` fuses
-    ``rank_one_increment`` + ``projector_splitting`` (same ``M``, same direction, to
-    rounding); ``None`` where it declines (zero/non-finite ``gbar``, tiny ``d``), and the
-    general path below takes the step. ``g`` may still be in the parameter's dtype.
+    ``rank_one_increment`` + ``projector_splitting`` + the published or symmetric direction
+    (same ``M``, same direction, to rounding); ``None`` where it declines (zero/non-finite
+    ``gbar``, tiny ``d``, near-degenerate geometry for the symmetric direction), and the
+    general path takes the step. ``g`` may still be in the parameter's dtype.
     """
     old = LowRank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
-    res = ksl_adagram_step(old, g, eps, refresh=refresh)
+    res = ksl_adagram_step(old, g, eps, refresh=refresh, direction=direction)
     if res is None:
         return None
     gg = res.gnorm_sq
@@ -275,7 +276,7 @@ def _streamed(
     fields["t"] = state.t + 1
     fields["sumsq"] = state.sumsq + gnorm * gnorm
     fields["last_rho"] = ratio * ratio
-    return _Updated(old, _StreamedInfo(res.nu, res.published)), fields
+    return _Updated(old, _StreamedInfo(res.nu, res.direction)), fields
 
 
 def _advance(
@@ -352,10 +353,11 @@ class _Core:
         _check_integrator(integrator, self.order, self.tol)
         self.integrator = integrator
         self.factor_dtype = _dtype_name(factor_dtype)
-        # adagram's truncated KSL step with the published direction has a streamed form
+        # adagram's truncated KSL step with the published or symmetric direction has a
+        # streamed form (linalg.streaming)
         self.streamable = (
             integrator == "projector_splitting" and self.order == 1
-            and self.direction == "published"
+            and self.direction in ("published", "symmetric")
         )
 
     def hyperparams(self) -> dict[str, Any]:
@@ -558,10 +560,11 @@ def adagram(
     def update(grad: Any, state: AdaGramState) -> tuple[Any, AdaGramState]:
         if core.streamable and state.truncated:
             # raw flat gradient: the streamed step casts it block by block
-            streamed = _streamed(state, core.flat(grad, state, cast=False), core.eps)
+            g_raw = core.flat(grad, state, cast=False)
+            streamed = _streamed(state, g_raw, core.eps, core.direction)
             if streamed is not None:
                 updated, fields = streamed
-                return _output(updated.info.published, grad), AdaGramState(**fields)
+                return _output(updated.info.direction, grad), AdaGramState(**fields)
         g = core.flat(grad, state)
         updated, fields = core.advance(state, g)
         if fields is None:

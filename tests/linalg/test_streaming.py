@@ -57,7 +57,7 @@ def test_matches_dense_definition_every_backend(xp, rng):
         out = ksl_adagram_step(M, xp.asarray(g), eps)
         assert out is not None and out.cgs2 == (False, False)
         assert rel(dense(xp, out.lowrank), Y1) < 1e-11
-        assert rel(xp.to_numpy(out.published), p) < 1e-12
+        assert rel(xp.to_numpy(out.direction), p) < 1e-12
         assert out.nu == pytest.approx(np.linalg.norm(p) * out.s, rel=1e-12)
         assert out.gnorm_sq == pytest.approx(g @ g, rel=1e-12)
         for F in (out.lowrank.U, out.lowrank.V):
@@ -81,7 +81,7 @@ def test_equals_increment_then_projector_splitting(xp_fast, rng):
         out = ksl_adagram_step(Ms, g, eps)
         Ms = out.lowrank
         assert rel(dense(xp, Ms), dense(xp, Mg)) < 1e-10
-        assert rel(xp.to_numpy(out.published), xp.to_numpy(info.published)) < 1e-10
+        assert rel(xp.to_numpy(out.direction), xp.to_numpy(info.published)) < 1e-10
 
 
 @pytest.mark.usefixtures("small_blocks")
@@ -100,7 +100,7 @@ def test_gradient_in_span_reorthogonalises(xp_fast, rng, kind):
     assert out.cgs2 == (True, True)
     Y1, p = dense_step(U, S, U, g, eps)
     assert rel(dense(xp, out.lowrank), Y1) < 1e-10
-    assert rel(xp.to_numpy(out.published), p) < 1e-12
+    assert rel(xp.to_numpy(out.direction), p) < 1e-12
     for F in (out.lowrank.U, out.lowrank.V):
         F = xp.to_numpy(F)
         assert np.abs(F.T @ F - np.eye(r)).max() < 1e-13
@@ -152,7 +152,7 @@ def test_refresh_removes_drift_without_extra_pass(rng):
     out = ksl_adagram_step(M, g, eps, refresh=True)
     assert np.abs(out.lowrank.U.T @ out.lowrank.U - np.eye(r)).max() < 1e-14
     assert rel(out.lowrank.dense(), Y1) < 1e-10
-    assert rel(out.published, p) < 1e-12
+    assert rel(out.direction, p) < 1e-12
     # without the refresh the drift is carried along
     plain = ksl_adagram_step(M, g, eps)
     assert np.abs(plain.lowrank.U.T @ plain.lowrank.U - np.eye(r)).max() > 1e-11
@@ -184,12 +184,12 @@ def test_float32_factors_and_float32_gradient(xp_fast, rng):
     ref = ksl_adagram_step(LowRank(U, S, V), g, eps)
     f32 = lambda a: xp.asarray(a.astype(np.float32))  # noqa: E731
     out = ksl_adagram_step(LowRank(f32(U), f32(S), f32(V)), f32(g), eps)
-    assert out.lowrank.U.dtype == xp.float32 and out.published.dtype == xp.float32
+    assert out.lowrank.U.dtype == xp.float32 and out.direction.dtype == xp.float32
     assert rel(dense(xp, out.lowrank).astype(np.float64), ref.lowrank.dense()) < 1e-5
     # a float32 gradient with float64 factors is cast block by block
     out64 = ksl_adagram_step(LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V)), f32(g), eps)
     ref32 = ksl_adagram_step(LowRank(U, S, V), g.astype(np.float32).astype(np.float64), eps)
-    assert out64.published.dtype == xp.float64
+    assert out64.direction.dtype == xp.float64
     assert rel(dense(xp, out64.lowrank), ref32.lowrank.dense()) < 1e-12
 
 
@@ -212,4 +212,53 @@ def test_outputs_share_one_buffer_and_stacked_inputs_agree(xp_fast, rng):
     g = xp.asarray(rng.standard_normal(d))
     a, b = ksl_adagram_step(M1, g, eps), ksl_adagram_step(copies, g, eps)
     assert rel(dense(xp, a.lowrank), dense(xp, b.lowrank)) < 1e-13
-    assert rel(xp.to_numpy(a.published), xp.to_numpy(b.published)) < 1e-14
+    assert rel(xp.to_numpy(a.direction), xp.to_numpy(b.direction)) < 1e-14
+
+
+def dense_symmetric(U, S, V, g, eps):
+    """``G^{-1/2} g = eps^{-1/2} |I - M^+| g`` for ``M^+ = U S V^T + x y^T`` (A.4.2, B.1)."""
+    Y0 = U @ S @ V.T
+    gbar = (g - Y0 @ g) / math.sqrt(eps)
+    s = math.hypot(1.0, np.linalg.norm(gbar))
+    Mp = Y0 + np.outer(gbar / (s * (1 + s)), gbar - Y0.T @ gbar)
+    _, sig, Wt = np.linalg.svd(np.eye(U.shape[0]) - Mp)
+    return (Wt.T * sig) @ (Wt @ g) / math.sqrt(eps)
+
+
+def near_subspace(rng, U, angle):
+    """An orthonormal ``V`` with ``span V`` at principal angles ``angle`` from ``span U``."""
+    d, r = U.shape
+    N = orth(np.column_stack([U, rng.standard_normal((d, r))]))[:, r:]  # orthogonal to U
+    return U * math.cos(angle) + N * math.sin(angle)
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_symmetric_direction_matches_dense(xp, rng):
+    d, r, eps = 80, 4, 0.05
+    U, S, V = random_state(rng, d, r)
+    for angle in (None, 1e-3, 0.0):  # generic, nearby (kept), coinciding (dropped) spans
+        if angle is not None:
+            V = near_subspace(rng, U, angle)
+        g = rng.standard_normal(d)
+        M = LowRank(xp.asarray(U), xp.asarray(S), xp.asarray(V))
+        out = ksl_adagram_step(M, xp.asarray(g), eps, direction="symmetric")
+        assert out is not None
+        ref = dense_symmetric(U, S, V, g, eps)
+        assert rel(xp.to_numpy(out.direction), ref) < 1e-10
+        Y1, _ = dense_step(U, S, V, g, eps)  # the factor step is the same as for published
+        assert rel(dense(xp, out.lowrank), Y1) < 1e-10
+
+
+def test_symmetric_declines_in_the_gray_zone(rng):
+    """Principal angles in (SYM_DROP, SYM_KEEP): the general (Householder) path decides."""
+    d, r = 60, 3
+    U = orth(rng.standard_normal((d, r)))
+    S = np.diag([1.0, 0.9, 0.8])
+    g = rng.standard_normal(d)
+    gray = LowRank(U, S, near_subspace(rng, U, 3e-7))
+    assert ksl_adagram_step(gray, g, 0.1, direction="symmetric") is None
+    assert ksl_adagram_step(gray, g, 0.1) is not None  # the published direction is unaffected
+    f32 = LowRank(U.astype(np.float32), S.astype(np.float32), U.astype(np.float32))
+    assert ksl_adagram_step(f32, g.astype(np.float32), 0.1, direction="symmetric") is None
+    with pytest.raises(ValueError, match="direction"):
+        ksl_adagram_step(gray, g, 0.1, direction="newton")

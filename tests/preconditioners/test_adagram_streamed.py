@@ -40,8 +40,9 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+@pytest.mark.parametrize("direction", ["published", "symmetric"])
 @pytest.mark.parametrize("kind", ["random", "repeated", "zero_and_repeated"])
-def test_streamed_equals_general_path(rng, monkeypatch, kind):
+def test_streamed_equals_general_path(rng, monkeypatch, kind, direction):
     d, r, eps = 300, 4, 1e-3
     pool = [rng.standard_normal(d) for _ in range(3)]
     grads = []
@@ -52,7 +53,7 @@ def test_streamed_equals_general_path(rng, monkeypatch, kind):
             grads.append(pool[t % 3] * (1.0 + 0.1 * np.sin(t)))
     if kind == "zero_and_repeated":
         grads[20] = np.zeros(d)
-    kw = {"rank": r, "eps": eps}
+    kw = {"rank": r, "eps": eps, "direction": direction}
     p1, s1, calls = _run(grads, True, monkeypatch, **kw)
     p0, s0, _ = _run(grads, False, monkeypatch, **kw)
     assert sum(calls) >= 30  # the streamed path took the truncated steps
@@ -67,10 +68,9 @@ def test_streamed_equals_general_path(rng, monkeypatch, kind):
         assert s1[20] is s1[19]  # a zero gradient is no step, on either path
 
 
-def test_streamed_path_only_for_published_lie_trotter(monkeypatch, rng):
+def test_streamed_path_only_for_lie_trotter_published_or_symmetric(monkeypatch, rng):
     grads = [rng.standard_normal(50) for _ in range(8)]
-    for kw in ({"direction": "symmetric"}, {"direction": "newton"}, {"order": 2},
-               {"integrator": "truncated_svd"}):
+    for kw in ({"direction": "newton"}, {"order": 2}, {"integrator": "truncated_svd"}):
         _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1, **kw)
         assert not calls
     _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1)
