@@ -285,6 +285,14 @@ def _step(
 
     # ---- pass 2: gbar (into p), [a1; vg] = [U V]^T gbar, n = |gbar|^2
     W = stacked_parent(Ut, Vt)  # (2r, d) when U, V share one buffer (our own outputs)
+    if W is None:
+        # Inputs not from our own previous step (first truncated step, a checkpoint loaded
+        # into fresh tensors, a fallback step): copy them into one (2r, d) buffer so the
+        # arithmetic, and hence the rounding, never depends on how the factors were stored.
+        # A checkpoint therefore continues bit-identically.
+        W = stacked_parent(*_stack(xp, Ut, Vt))
+        if W is not None:
+            Ut, Vt = W[:r, :], W[r:, :]
     p = empty((d,), U)
     av = xp.zeros((2 * r,), dtype=dt, device=dev)
     G = C = None
@@ -321,7 +329,7 @@ def _step(
             xp, Ut, Vt, W, p, blocks, Sc, c1c, a1c, vgc, xp.astype(C, cdt), n, bcoef, root
         )
         if sym is None:
-            return None  # (1e-10, 1e-6) principal angles: Householder in the general path
+            return None  # sines in (SYM_DROP, SYM_KEEP): Householder in the general path
 
     # ---- refresh: U = U_o R_u, V = V_o R_v with orthonormal U_o, V_o
     Ru = Rv = None
@@ -480,6 +488,13 @@ def _blockdiag_rows(xp: Any, rows: list[Any]) -> Any:
     top = xp.concat([xp.reshape(rows[0], (1, r)), z], axis=1)
     bottom = xp.concat([z, xp.reshape(rows[1], (1, r))], axis=1)
     return xp.concat([top, bottom], axis=0)
+
+
+def _stack(xp: Any, Ut: Any, Vt: Any) -> tuple[Any, Any]:
+    """``Ut, Vt`` ``(r, d)`` copied into the two halves of one row-contiguous buffer."""
+    r = int(Ut.shape[0])
+    both = xp.concat([Ut, Vt], axis=0)
+    return both[:r, :], both[r:, :]
 
 
 def _first_projection(H: Any, W: Any, sides: Any, A1: Any, gb: Any, a: int, b: int) -> None:
