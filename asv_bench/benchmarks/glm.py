@@ -10,9 +10,9 @@ import scipy.optimize
 import lowrank_precond as lp
 from lowrank_precond.glm import datasets, objective
 
-from ._common import BACKEND_LABELS, namespace
+from ._common import BACKEND_LABELS, SMOKE, namespace
 
-DATASETS = ["breast_cancer", "digits", "randhie"]
+DATASETS = ["breast_cancer"] if SMOKE else ["breast_cancer", "digits", "randhie"]
 METHODS = {
     "adagram": {"lr": 0.5, "rank": 5},
     "sketched_adagrad": {"lr": 0.5, "rank": 5},

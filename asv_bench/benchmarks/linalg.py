@@ -10,14 +10,15 @@ from lowrank_precond.linalg import (
     basis_update_galerkin,
     orthonormalize,
     projector_splitting,
-    symmetric_direction,
     published_direction,
+    symmetric_direction,
     truncated_svd,
 )
+from lowrank_precond.linalg.streaming import ksl_adagram_step
 
-from ._common import BACKEND_LABELS, namespace, orthonormal, randn
+from ._common import BACKEND_LABELS, DIMS, DTYPES, RANKS, namespace, orthonormal, randn
 
-PARAMS = [BACKEND_LABELS, [1_000, 100_000, 1_000_000], [1, 5, 20], ["float32", "float64"]]
+PARAMS = [BACKEND_LABELS, DIMS, RANKS, DTYPES]
 NAMES = ["backend", "d", "r", "dtype"]
 
 
@@ -66,3 +67,26 @@ class Directions(_LowRankSetup):
 
     def time_symmetric(self, backend, d, r, dtype):
         backends.synchronize(symmetric_direction(self.M, self.g, 1e-3))
+
+
+class Streamed(_LowRankSetup):
+    """The fused AdaGram increment + KSL step (``linalg.streaming``) that ``adagram`` runs
+    for the published and symmetric directions, beside the floor of the same run."""
+
+    def setup(self, backend, d, r, dtype):
+        super().setup(backend, d, r, dtype)
+        if d < 2 * r + 2:
+            raise NotImplementedError("d too small for the streamed step")
+        # one step first, so that U and V share the (2r, d) buffer the next steps read
+        self.M = ksl_adagram_step(self.M, self.g, 1e-3).lowrank
+
+    def time_floor(self, backend, d, r, dtype):
+        backends.synchronize((self.M.U * 1.0, self.M.V * 1.0)[1])
+
+    def time_ksl_adagram_step_published(self, backend, d, r, dtype):
+        backends.synchronize(ksl_adagram_step(self.M, self.g, 1e-3).direction)
+
+    def time_ksl_adagram_step_symmetric(self, backend, d, r, dtype):
+        out = ksl_adagram_step(self.M, self.g, 1e-3, direction="symmetric")
+        if out is not None:
+            backends.synchronize(out.direction)
