@@ -56,7 +56,9 @@ devices use one block. ``U1`` and ``V1`` are the transposed halves of one row-co
 ``(2r, d)`` buffer; the next step recognises that layout
 (:func:`~lowrank_precond.backends.blocked.stacked_parent`) and reads ``[U V]`` blocks with one
 call. In-place block writes (NumPy ``out=``, torch ``addmm``) come from
-:mod:`lowrank_precond.backends.blocked`, with plain array-API fallbacks.
+:mod:`lowrank_precond.backends.blocked`, with plain array-API fallbacks, and NumPy's BLAS
+runs single-threaded during the step (hundreds of small calls: a second thread only adds
+hand-off latency, and stalls when the other core is busy).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from lowrank_precond.backends.blocked import (
     lincomb_into,
     residual_into,
     scale_into,
+    single_threaded_blas,
     stacked_parent,
 )
 from lowrank_precond.linalg.lowrank import LowRank
@@ -240,7 +243,7 @@ def ksl_adagram_step(
     >>> bool(np.allclose(out.direction, info.published))
     True
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded_blas(lowrank.U):
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
