@@ -15,12 +15,15 @@ of slices selecting a block view of ``parent``.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat
 
 __all__ = [
+    "Workspace",
+    "add_into",
     "empty",
     "lincomb_into",
     "residual_into",
@@ -55,13 +58,93 @@ def empty(shape: tuple[int, ...], like: Any) -> Any:
     """
     if _kind(like) == "torch":
         import numpy as np
-        import torch
 
-        if like.dtype in (torch.float64, torch.float32):
-            np_dtype = np.float64 if like.dtype == torch.float64 else np.float32
-            return torch.from_numpy(np.empty(shape, dtype=np_dtype))
+        np_dtype = _numpy_dtype(like)
+        if np_dtype is not None:
+            return _wrap(np.empty(shape, dtype=np_dtype), "torch")
     xp = array_api_compat.array_namespace(like)
     return xp.empty(shape, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+class Workspace:
+    """Output buffers that repeated streamed steps hand back to themselves.
+
+    A streamed step writes its new factors and direction into fresh ``d``-sized arrays. On a
+    CPU, fresh memory from the kernel is zero-filled on first touch: at d = 1e6, r = 5 that
+    cost 8 ms of a 30 ms step (the write pass into fresh memory took 18 ms, into reused
+    memory 10 ms). A ``Workspace`` keeps up to ``keep`` buffers per shape and dtype and hands
+    one back only when **nothing else references it** (CPython's reference count: no array,
+    view, tensor or state that the caller still holds can see it). A caller that keeps old
+    states therefore gets fresh memory, exactly as without a workspace; a loop that replaces
+    its state gets the buffer of the state before last. Results never depend on the reuse.
+
+    Between steps this holds up to ``keep`` buffers per shape (one spare besides the live
+    state in a plain loop); the peak during a step is unchanged (old and new state coexist
+    either way). The buffers are released with the workspace. NumPy and torch (CPU) arrays
+    only; other backends get :func:`empty`'s plain allocation.
+
+    Parameters
+    ----------
+    keep : int
+        Buffers remembered per ``(shape, dtype)`` (default 3: room for two states of the same
+        shape stepping in turn).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ws = Workspace()
+    >>> a = ws.empty((4,), np.zeros(1))
+    >>> b = ws.empty((4,), np.zeros(1))
+    >>> a is b                        # `a` is still referenced: a second buffer
+    False
+    >>> a_id = id(a)
+    >>> del a
+    >>> id(ws.empty((4,), np.zeros(1))) == a_id  # nothing refers to it any more: reused
+    True
+    """
+
+    def __init__(self, keep: int = 3):
+        self.keep = keep
+        self._buffers: dict[tuple[Any, ...], list[Any]] = {}
+
+    def empty(self, shape: tuple[int, ...], like: Any) -> Any:
+        """Uninitialised array of ``shape`` like :func:`empty`, reusing an unreferenced buffer."""
+        kind = _kind(like)
+        np_dtype = _numpy_dtype(like)
+        if kind == "generic" or np_dtype is None:
+            return empty(shape, like)
+        import numpy as np
+
+        pool = self._buffers.setdefault((tuple(shape), np_dtype), [])
+        for buf in pool:
+            # references: the pool's list, the loop variable and getrefcount's argument
+            if sys.getrefcount(buf) == 3:
+                return _wrap(buf, kind)
+        buf = np.empty(shape, dtype=np_dtype)
+        if len(pool) < self.keep:
+            pool.append(buf)
+        return _wrap(buf, kind)
+
+
+def _numpy_dtype(like: Any) -> Any:
+    """NumPy's float dtype for ``like``'s (numpy or torch CPU), ``None`` for others."""
+    import numpy as np
+
+    if _kind(like) == "numpy":
+        return like.dtype if like.dtype in (np.float64, np.float32) else None
+    import torch
+
+    return {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32)}.get(
+        like.dtype
+    )
+
+
+def _wrap(buf: Any, kind: str) -> Any:
+    if kind == "numpy":
+        return buf
+    import torch
+
+    return torch.from_numpy(buf)
 
 
 def residual_into(parent: Any, index: Any, c: Any, g: Any, M: Any, F: Any) -> None:
@@ -224,3 +307,21 @@ def single_threaded_blas(like: Any) -> Iterator[None]:
         _CONTROLLER = ThreadpoolController()
     with _CONTROLLER.limit(limits=1, user_api="blas"):
         yield
+
+
+def add_into(parent: Any, index: Any, x: Any) -> None:
+    """``parent[index] += x`` (in place where the backend allows, else a write-back).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.ones(3)
+    >>> add_into(out, (slice(0, 2),), np.array([1.0, 2.0]))
+    >>> out
+    array([2., 3., 1.])
+    """
+    if _kind(parent) in ("numpy", "torch"):
+        dst = parent[index]
+        dst += x
+    else:
+        parent[index] = parent[index] + x

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
+from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.linalg.factorization import (
     inverse_factor_update,
     newton_direction,
@@ -250,7 +251,7 @@ def _norm(xp: Any, g: Any) -> float:
 
 
 def _streamed(
-    state: AdaGramState, g: Any, eps: float, direction: str
+    state: AdaGramState, g: Any, eps: float, direction: str, workspace: Workspace
 ) -> tuple[_Updated, dict[str, Any]] | None:
     """The truncated KSL step with its direction in a few row-blocked passes over ``d``.
 
@@ -262,7 +263,9 @@ def _streamed(
     """
     old = LowRank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
-    res = ksl_adagram_step(old, g, eps, refresh=refresh, direction=direction)
+    res = ksl_adagram_step(
+        old, g, eps, refresh=refresh, direction=direction, workspace=workspace
+    )
     if res is None:
         return None
     gg = res.gnorm_sq
@@ -553,6 +556,8 @@ def adagram(
     (True, (6, 2), (6, 0), True)
     """
     core = _Core(rank, integrator, direction, eps, order, tol, factor_dtype)
+    # output buffers of the streamed step, recycled once no state or direction uses them
+    workspace = Workspace()
 
     def init(x: Any) -> AdaGramState:
         return AdaGramState(**core.init_fields(x))
@@ -561,7 +566,7 @@ def adagram(
         if core.streamable and state.truncated:
             # raw flat gradient: the streamed step casts it block by block
             g_raw = core.flat(grad, state, cast=False)
-            streamed = _streamed(state, g_raw, core.eps, core.direction)
+            streamed = _streamed(state, g_raw, core.eps, core.direction, workspace)
             if streamed is not None:
                 updated, fields = streamed
                 return _output(updated.info.direction, grad), AdaGramState(**fields)
