@@ -65,6 +65,7 @@ hand-off latency, and stalls when the other core is busy).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -74,8 +75,11 @@ from lowrank_precond.backends import array_namespace, core_dtype, device_of, nam
 from lowrank_precond.backends.blocked import (
     Workspace,
     add_into,
+    copy_into,
     empty,
+    from_numpy_view,
     lincomb_into,
+    numpy_view,
     residual_into,
     scale_into,
     single_threaded_blas,
@@ -90,6 +94,7 @@ __all__ = [
     "EXTEND_MIN",
     "REFRESH_EVERY",
     "SYMMETRIC_DRIFT_LIMIT",
+    "SYM_CLOSED",
     "SYM_DROP",
     "SYM_KEEP",
     "StreamedStep",
@@ -114,6 +119,9 @@ DRIFT_LIMIT = 1e-6
 SYMMETRIC_DRIFT_LIMIT = 1e-12
 #: principal-angle sines kept / dropped by the symmetric direction (see ``_symmetric_coefficients``)
 SYM_KEEP, SYM_DROP = 1e-6, 1e-7
+#: smallest principal-angle sine for which the symmetric direction uses the closed-form Gram
+#: matrix (no extra pass); below it, one explicit pass (see ``_symmetric_coefficients``)
+SYM_CLOSED = 1e-2
 _MIN_ROWS, _MAX_ROWS = 1024, 1 << 16
 
 
@@ -265,7 +273,44 @@ def ksl_adagram_step(
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _step(lowrank, g, eps, refresh, direction, workspace)
+        host = _numpy_views(lowrank, g)
+        if host is None:
+            return _step(lowrank, g, eps, refresh, direction, workspace)
+        res = _step(host[0], host[1], eps, refresh, direction, workspace)
+        return None if res is None else _as_torch(res, lowrank, host[0])
+
+
+def _numpy_views(lowrank: LowRank, g: Any) -> tuple[LowRank, Any] | None:
+    """``(lowrank, g)`` as NumPy views of torch CPU tensors (no copy), else ``None``.
+
+    ``U`` and ``V`` that are halves of one ``(2r, d)`` tensor become halves of one NumPy
+    array, so that :func:`~lowrank_precond.backends.blocked.stacked_parent` still sees it.
+    """
+    U, S, V = lowrank.U, lowrank.S, lowrank.V
+    W = stacked_parent(U.T, V.T)
+    Wn = None if W is None else numpy_view(W)
+    if Wn is not None:
+        r = int(U.shape[1])
+        Un, Vn = Wn[:r, :].T, Wn[r:, :].T
+    else:
+        Un, Vn = numpy_view(U), numpy_view(V)
+    Sn, gn = numpy_view(S), numpy_view(g)
+    if any(x is None for x in (Un, Sn, Vn, gn)):
+        return None
+    return LowRank(Un, Sn, Vn), gn
+
+
+def _as_torch(res: StreamedStep, like: LowRank, host: LowRank) -> StreamedStep:
+    """``res`` (computed on :func:`_numpy_views`) with torch tensors sharing its memory."""
+    low = res.lowrank
+    if low.U is host.U:  # the bases did not change: the caller's own tensors
+        U1, V1 = like.U, like.V
+    else:  # halves of one (2r, d) buffer: keep that layout for the next step
+        W1 = from_numpy_view(stacked_parent(low.U.T, low.V.T))
+        r = int(low.U.shape[1])
+        U1, V1 = W1[:r, :].T, W1[r:, :].T
+    low1 = LowRank(U1, from_numpy_view(low.S), V1)
+    return dataclasses.replace(res, lowrank=low1, direction=from_numpy_view(res.direction))
 
 
 def _step(
@@ -352,7 +397,7 @@ def _step(
     sym = None
     if symmetric:
         sym = _symmetric_coefficients(
-            xp, Sc, c1c, a1c, vgc, xp.astype(C, cdt), n, bcoef, root, dt
+            xp, Ut, W, Vt, p, blocks, Sc, c1c, a1c, vgc, xp.astype(C, cdt), n, bcoef, root
         )
         if sym is None:
             return None  # sines in (SYM_DROP, SYM_KEEP): Householder in the general path
@@ -540,51 +585,65 @@ def _first_projection(H: Any, W: Any, sides: Any, A1: Any, gb: Any, a: int, b: i
 
 
 def _symmetric_coefficients(
-    xp: Any, S: Any, c1: Any, a1: Any, vg: Any, C: Any, n: float, b: float, root: float,
-    dt: Any,
+    xp: Any, Ut: Any, W: Any, Vt: Any, p: Any, blocks: Any, S: Any, c1: Any, a1: Any, vg: Any,
+    C: Any, n: float, b: float, root: float,
 ) -> tuple[Any, Any] | None:
     """``(alpha, coef_g)`` with ``G^{-1/2} g = g / sqrt(eps) + [U V] alpha + coef_g gbar`` (A.4.2).
 
     ``M^+ = U S V^T + b gbar y^T``, ``y = gbar - V S^T a1``, acts in ``span[U, V, gbar]``. Its
-    orthonormal basis ``Z = [U, Q]``: ``Y2 = [V, gbar/nu] - U P`` with ``P = U^T [V, gbar/nu]
-    = [C, a1/nu]`` has the Gram matrix ``[[I, vg/nu], [vg^T/nu, 1]] - P^T P = E diag(lam)
-    E^T`` (``U^T U = V^T V = I``, which the refresh steps check to
-    :data:`SYMMETRIC_DRIFT_LIMIT`), and ``Q = Y2 E lam^{-1/2}``: no pass over ``d`` beyond
-    the ``C = U^T V`` that pass 2 accumulates, and neither is ever formed. The core ``m = Z^T
-    M^+ Z`` and ``Z^T g`` are small expressions (``U^T g = sqrt(eps)(a1 + t)``, ``gbar^T g =
-    sqrt(eps)(n + t^T a1)``); ``p = eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` as in A.4.2.
+    orthonormal basis is ``Z = [U, Q]`` with ``Q = Y2 E lam^{-1/2}`` (never formed), where
+    ``Y2 = [V, gbar/nu] - U P``, ``P = U^T [V, gbar/nu]``, has the Gram matrix
+    ``E diag(lam) E^T``. The core ``m = Z^T M^+ Z`` and ``Z^T g`` are small expressions
+    (``U^T g = sqrt(eps)(a1 + t)``, ``gbar^T g = sqrt(eps)(n + t^T a1)``); ``p =
+    eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` as in A.4.2.
 
-    ``sqrt(lam)`` are the sines of the principal angles between ``span[V, gbar/nu]`` and
-    ``span U``; a symmetric eigensolver resolves them only down to ``~sqrt(u) = 1.5e-8`` (its
-    absolute error on ``lam`` is ``u |G2|``), which is why directions that coincide exactly
-    (right after the warm-up ``span V = span U``) show up there. A direction with
-    ``sqrt(lam) >= SYM_KEEP`` is kept (its basis vector carries an orthogonality error
-    ``<~ u / sqrt(lam) <= 2e-10``); one with ``sqrt(lam) <= SYM_DROP`` is dropped, a backward
-    perturbation of ``V`` (or ``gbar / nu``) of at most that size. In between, ``None``: the
-    caller's Householder path decides. Measured against dense SVD references (random,
-    least-squares, low-dimensional and repeated gradient streams, d = 200, r = 5, 300 steps,
-    eps = 0.1, 1e-4, 1e-8) the errors are those of the general (Householder) path to within
-    1.5x (both ``~u sqrt(lambda/eps)``, A.15: e.g. 1.5e-9 and 1.5e-9 on random gradients at
-    eps = 1e-8) and no step fell in between. An earlier version formed ``Y`` explicitly in
-    one more pass over ``[U V gbar]`` (projecting twice); its errors were the same, and it
-    cost 35 ms of a 60 ms step at d = 1e6, r = 5.
+    **Two ways to the Gram matrix of Y2.** ``sqrt(lam)`` are the sines of the principal angles
+    between ``span[V, gbar/nu]`` and ``span U``.
+
+    - *Closed form, no pass over d:* with ``U^T U = V^T V = I``, ``Y2^T Y2 = [[I, vg/nu],
+      [vg^T/nu, 1]] - P^T P`` with ``P = [C, a1/nu]`` from pass 2. Its absolute error is that
+      of the orthonormality and of the length-``d`` sums (measured ``5e-14`` at d = 1e6 after
+      torch's QR), so a sine ``sigma`` carries a relative error ``~1e-13 / sigma^2``. It is
+      used when every sine is at least :data:`SYM_CLOSED` (``<= 1e-9`` relative). That is
+      rare in AdaGram: there ``span V`` equals ``span U`` in exact arithmetic (measured sines
+      ``<= 2e-8`` on random streams, i.e. rounding), and only the explicit Gram matrix tells
+      those zero sines from small true ones. (Next step: compute the ``V - U C`` block of it
+      for the next step inside pass 3, where the new factors pass through cache anyway.)
+    - *Explicit, one more pass:* otherwise ``Y = [V, gbar/nu] - U P`` is formed block by block
+      with ``Y^T Y`` (``= Y2^T Y2`` to ``~1e-26``, see ``_explicit_gram``), whose small
+      eigenvalues are resolved relative to their own size. A symmetric eigensolver still
+      resolves sines only down to ``~sqrt(u) = 1.5e-8`` (absolute error ``u |G2|`` on
+      ``lam``), which is why directions that coincide exactly
+      (right after the warm-up ``span V = span U``) show up there. A direction with
+      ``sqrt(lam) >= SYM_KEEP`` is kept (its basis vector carries an orthogonality error
+      ``<~ u / sqrt(lam) <= 2e-10``); one with ``sqrt(lam) <= SYM_DROP`` is dropped, a
+      backward perturbation of ``V`` (or ``gbar / nu``) of at most that size. In between,
+      ``None``: the caller's Householder path decides.
+
+    Measured against dense SVD references (random, least-squares, low-dimensional and
+    repeated gradient streams, d = 200, r = 5, 300 steps, eps = 0.1, 1e-4, 1e-8) the errors
+    are those of the general (Householder) path to within 1.5x (both ``~u sqrt(lambda/eps)``,
+    A.15) and no step fell in between.
     """
     r = int(S.shape[0])
+    dt = p.dtype
     cdt = S.dtype
     dev = device_of(S)
     nu = math.sqrt(n)
     inv_nu = 1.0 / nu
     P1 = xp.concat([C, xp.reshape(a1 * inv_nu, (r, 1))], axis=1)  # (r, r+1)
-    # Gram matrix of Y = [V, gbar/nu] - U P1 from U^T U = I, V^T V = I (refresh-checked):
-    # Y^T Y = [[I, vg/nu], [vg^T/nu, 1]] - P1^T P1, and U^T Y = 0
     vgn = xp.reshape(vg * inv_nu, (r, 1))
-    G1 = xp.concat([
+    G2 = xp.concat([
         xp.concat([xp.eye(r, dtype=cdt, device=dev), vgn], axis=1),
         xp.concat([vgn.T, xp.ones((1, 1), dtype=cdt, device=dev)], axis=1),
-    ], axis=0)
-    G2 = G1 - P1.T @ P1
+    ], axis=0) - P1.T @ P1
     lam, E = xp.linalg.eigh((G2 + G2.T) / 2)
     sv = xp.sqrt(xp.clip(lam, min=0.0))
+    P = P1  # [V, gbar/nu] = U P + Y2
+    if float(xp.min(sv)) < SYM_CLOSED:
+        G2 = xp.astype(_explicit_gram(xp, Ut, W, Vt, p, blocks, P1, inv_nu), cdt)
+        lam, E = xp.linalg.eigh((G2 + G2.T) / 2)
+        sv = xp.sqrt(xp.clip(lam, min=0.0))
     gray = (sv > SYM_DROP) & (sv < SYM_KEEP)
     if bool(xp.any(gray)):
         return None
@@ -593,7 +652,6 @@ def _symmetric_coefficients(
     idx = xp.asarray(kept, dtype=xp.int64, device=dev)
     Ek = xp.take(E, idx, axis=1)  # (r+1, k)
     sk = xp.take(sv, idx)  # (k,)
-    P = P1  # [V, gbar/nu] = U P + Y2
     # coordinates in Z = [U, Q] of U, V and gbar (Y2 = Q diag(sk) Ek^T)
     Zc = xp.concat([P, xp.reshape(sk, (k, 1)) * Ek.T], axis=0)  # (r+k, r+1)
     Zu = xp.concat([xp.eye(r, dtype=cdt, device=dev), xp.zeros((k, r), dtype=cdt, device=dev)],
@@ -612,6 +670,34 @@ def _symmetric_coefficients(
     alpha = xp.concat([c[:r] - P @ wq, wq[:r]]) / root  # on [U V]
     return xp.astype(alpha, dt), float(wq[r]) * inv_nu / root
 
+
+def _explicit_gram(
+    xp: Any, Ut: Any, W: Any, Vt: Any, p: Any, blocks: Any, P1: Any, inv_nu: float
+) -> Any:
+    """``Y^T Y`` for ``Y = [V, gbar/nu] - U P1``, formed block by block (one pass).
+
+    ``Y`` is ``Y2`` up to ``U D``, ``D = U^T Y``: the error of ``P1`` (length-``d`` sums) and
+    the non-orthonormality of ``U``, both ``<~ 1e-13``, so ``D^T D <~ 1e-26`` is far below the
+    smallest eigenvalue that matters (``SYM_DROP^2 = 1e-14``) and is not formed (it would
+    cost 30 of the pass's 66 multiply-adds per row).
+    """
+    r = int(Ut.shape[0])
+    dt = p.dtype
+    negCt = xp.astype(-P1[:, :r].T, dt)  # (r, r)
+    an = xp.astype(P1[:, r], dt)  # a1 / nu
+    rows = blocks[0][1] - blocks[0][0]
+    Y, Y2 = empty((r + 1, rows), p), empty((r + 1, rows), p)
+    G = xp.zeros((r + 1, r + 1), dtype=dt, device=device_of(p))
+    for a, b_ in blocks:
+        B = b_ - a
+        Ub = Ut[:, a:b_]
+        Vb = Vt[:, a:b_] if W is None else W[r:, a:b_]
+        lincomb_into(Y, (slice(0, r), slice(0, B)), Vb, negCt, Ub)
+        residual_into(Y, (r, slice(0, B)), inv_nu, p[a:b_], an, Ub)
+        # two distinct operands keep NumPy on gemm (its syrk runs 1.4x slower at this size)
+        copy_into(Y2, (slice(None), slice(0, B)), Y[:, :B])
+        G = G + Y[:, :B] @ Y2[:, :B].T
+    return G
 
 def _symmetric_into(
     xp: Any, p: Any, a: int, b: int, gb: Any, inv_root: float, sym: Any, W: Any, Ut: Any,

@@ -264,3 +264,45 @@ def test_symmetric_declines_in_the_gray_zone(rng):
     assert ksl_adagram_step(f32, g.astype(np.float32), 0.1, direction="symmetric") is None
     with pytest.raises(ValueError, match="direction"):
         ksl_adagram_step(gray, g, 0.1, direction="newton")
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_symmetric_with_slightly_non_orthonormal_factors(rng):
+    """``U^T U - I ~ 5e-14`` (what a QR at d = 1e6 leaves) and ``span V = span U``: the
+    closed-form Gram matrix cannot tell those zero sines from small true ones (they land in
+    the gray zone), so the explicit pass decides; the step is taken and matches dense."""
+    d, r, eps = 120, 4, 0.05
+    U = orth(rng.standard_normal((d, r)))
+    U = U + 5e-14 * rng.standard_normal((d, r))  # orthonormal to ~5e-14 only
+    R = orth(rng.standard_normal((r, r)))
+    V = U @ R  # the same span
+    S = np.diag([1.0, 0.8, 0.6, 0.4])
+    g = rng.standard_normal(d)
+    out = ksl_adagram_step(LowRank(U, S, V), g, eps, direction="symmetric")
+    assert out is not None
+    assert rel(out.direction, dense_symmetric(U, S, V, g, eps)) < 1e-10
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("direction", ["published", "symmetric"])
+def test_torch_cpu_runs_the_numpy_kernels_bit_for_bit(rng, direction):
+    """torch CPU tensors go through NumPy views (no copy): same bits as NumPy, torch out, and
+    the outputs keep the one-buffer layout that the next step reads with one call."""
+    torch = pytest.importorskip("torch")
+    from lowrank_precond.backends.blocked import stacked_parent
+
+    d, r, eps = 90, 3, 0.1
+    U, S, V = random_state(rng, d, r)
+    Mn = LowRank(U, S, V)
+    Mt = LowRank(torch.from_numpy(U.copy()), torch.from_numpy(S.copy()),
+                 torch.from_numpy(V.copy()))
+    for _ in range(4):
+        g = rng.standard_normal(d)
+        a = ksl_adagram_step(Mn, g, eps, direction=direction)
+        b = ksl_adagram_step(Mt, torch.from_numpy(g), eps, direction=direction)
+        assert isinstance(b.direction, torch.Tensor) and isinstance(b.lowrank.U, torch.Tensor)
+        assert stacked_parent(b.lowrank.U.T, b.lowrank.V.T) is not None
+        for x, y in ((a.direction, b.direction), (a.lowrank.U, b.lowrank.U),
+                     (a.lowrank.S, b.lowrank.S), (a.lowrank.V, b.lowrank.V)):
+            assert np.array_equal(x, y.numpy())
+        Mn, Mt = a.lowrank, b.lowrank
