@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
+from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.linalg.sketch import INTEGRATORS as SKETCH_INTEGRATORS
 from lowrank_precond.linalg.sketch import (
     GramSketch,
     gram_sketch_update,
     sketch_inverse_sqrt_apply,
 )
+from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
 from lowrank_precond.preconditioners._common import (
     bias_correction,
     check_betas,
@@ -154,6 +156,8 @@ def sketched_adagrad(
     if integrator is not None and not shrink:
         raise ValueError(f"integrator: {integrator!r} needs shrink=True")
     b1, b2 = check_betas("betas", betas)
+    # output buffers of the streamed step, recycled once no state or direction uses them
+    workspace = Workspace()
 
     def init(x: Any) -> SketchedAdaGradState:
         xp = check_param("x", x)
@@ -179,6 +183,20 @@ def sketched_adagrad(
         sketch = state.sketch
         if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
             sketch = GramSketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
+        if b1 == 0.0 and integrator is None and sketch.rank == min(rank, d):
+            # the full sketch's Frequent-Directions step fused with its direction
+            # (linalg.streaming_sketch): two passes over d instead of ten
+            streamed = fd_sketch_step(
+                sketch, g, eps, shrink=shrink,
+                feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0,
+                apply_scale=bias_correction(b2, t) if b2 > 0.0 else 1.0,
+                refresh=t % SKETCH_REFRESH_EVERY == 0, workspace=workspace,
+            )
+            if streamed is not None:
+                new_sk = streamed.sketch
+                new = SketchedAdaGradState(t=t, U=new_sk.U, sig2=new_sk.sig2, rho=new_sk.rho,
+                                           m=state.m)
+                return xp.reshape(streamed.direction, tuple(grad.shape)), new
         fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
                                  min(rank, d), shrink=shrink, integrator=integrator)
         if fed is sketch and b1 == 0.0 and b2 == 0.0:  # g = 0 and no moments: no step

@@ -1,0 +1,186 @@
+"""The streamed Frequent-Directions step (linalg.streaming_sketch) against the general path."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from lowrank_precond import preconditioners as pc
+from lowrank_precond.linalg import (
+    GramSketch,
+    gram_sketch_update,
+    sketch_inverse_sqrt_apply,
+    streaming,
+)
+from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
+
+sketched_module = importlib.import_module("lowrank_precond.preconditioners.sketched")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Small (and different) read and write blocks, so that the multi-block code runs."""
+    monkeypatch.setattr(streaming, "_MIN_ROWS", 16)
+    monkeypatch.setattr(streaming, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(streaming, "WRITE_BLOCK_BYTES", 16 * 8)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def random_sketch(rng, d, k, rho=0.3):
+    U, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    return GramSketch(U, np.sort(rng.random(k) * 5 + 0.1)[::-1].copy(), rho)
+
+
+def dense_fd(sk, g, shrink):
+    """ALGORITHMS.md F densely: eigen-decompose U diag(sig2) U^T + g g^T, keep k, shift."""
+    k = sk.rank
+    A = (sk.U * sk.sig2) @ sk.U.T + np.outer(g, g)
+    lam, E = np.linalg.eigh(A)
+    lam, E = lam[::-1], E[:, ::-1]
+    delta = lam[k]
+    sig2 = lam[:k] - delta if shrink else lam[:k]
+    return E[:, :k], sig2, float(sk.rho) + delta
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("shrink", [True, False])
+@pytest.mark.parametrize("kind", ["generic", "near_span", "in_span"])
+def test_matches_dense_frequent_directions(rng, shrink, kind):
+    d, k, eps = 70, 4, 0.2
+    sk = random_sketch(rng, d, k)
+    g = rng.standard_normal(d)
+    if kind == "near_span":  # beta^2 < EXTEND_MIN |g|^2: the explicit CGS2 pass
+        g = sk.U @ rng.standard_normal(k) + 1e-3 * g
+    elif kind == "in_span":  # residual at rounding level: no new column
+        g = sk.U @ rng.standard_normal(k)
+    out = fd_sketch_step(sk, g, eps, shrink=shrink)
+    assert out is not None
+    if kind == "in_span":
+        want = (sk.U * sk.sig2) @ sk.U.T + np.outer(g, g)
+        assert float(out.sketch.rho) == pytest.approx(float(sk.rho), rel=1e-14)
+    else:
+        E, sig2, rho = dense_fd(sk, g, shrink)
+        want = (E * sig2) @ E.T
+        assert float(out.sketch.rho) == pytest.approx(rho, rel=1e-12)
+    got = (out.sketch.U * out.sketch.sig2) @ out.sketch.U.T
+    assert rel(got, want) < 1e-12
+    U = out.sketch.U
+    assert np.abs(U.T @ U - np.eye(k)).max() < 1e-13
+    G = out.sketch.dense(eps)
+    w, V = np.linalg.eigh(G)
+    assert rel(out.direction, V @ ((V.T @ g) / np.sqrt(w))) < 1e-11
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_equals_general_path_with_scales(rng):
+    d, k, eps = 50, 3, 1e-3
+    sk = random_sketch(rng, d, k)
+    g = rng.standard_normal(d)
+    out = fd_sketch_step(sk, g, eps, feed_scale=0.3, apply_scale=0.7)
+    ref = gram_sketch_update(sk, 0.3 * g, rank=k)
+    assert rel(out.sketch.dense(eps), ref.dense(eps)) < 1e-13
+    applied = GramSketch(ref.U, ref.sig2 / 0.7, ref.rho / 0.7)
+    assert rel(out.direction, sketch_inverse_sqrt_apply(applied, g, eps)) < 1e-11
+
+
+def test_declines_where_the_general_path_decides(rng):
+    sk = random_sketch(rng, 20, 3)
+    assert fd_sketch_step(sk, np.zeros(20), 0.1) is None  # zero gradient
+    assert fd_sketch_step(sk, np.full(20, 1e300), 0.1) is None  # |g|^2 overflows
+    assert fd_sketch_step(GramSketch.empty(20, like=np.zeros(1)), np.ones(20), 0.1) is None
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_refresh_repairs_drift(rng):
+    d, k = 60, 3
+    sk = random_sketch(rng, d, k)
+    bent = GramSketch(sk.U + 1e-7 * rng.standard_normal((d, k)), sk.sig2, sk.rho)
+    g = rng.standard_normal(d)
+    plain = fd_sketch_step(bent, g, 0.1)
+    fixed = fd_sketch_step(bent, g, 0.1, refresh=True)
+    err = lambda U: np.abs(U.T @ U - np.eye(k)).max()  # noqa: E731
+    assert err(plain.sketch.U) > 1e-8  # drift carried along without a refresh
+    assert err(fixed.sketch.U) < 1e-14
+
+
+def _run(grads, streamed, monkeypatch, **kw):
+    calls = []
+    real = sketched_module.fd_sketch_step
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs) if streamed else None
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(sketched_module, "fd_sketch_step", spy)
+    pre = pc.sketched_adagrad(**kw)
+    state = pre.init(grads[0])
+    ps, states = [], []
+    for g in grads:
+        p, state = pre.update(g, state)
+        ps.append(np.array(p))
+        states.append(state)
+    monkeypatch.setattr(sketched_module, "fd_sketch_step", real)
+    return ps, states, calls
+
+
+@pytest.mark.parametrize("stream", ["random", "repeated", "zeros"])
+@pytest.mark.parametrize("kw", [{}, {"shrink": False}, {"betas": (0.0, 0.9)}])
+def test_sketched_adagrad_streamed_equals_general(monkeypatch, rng, stream, kw):
+    d, r = 40, 4
+    base = [rng.standard_normal(d) for _ in range(6)]
+    n = SKETCH_REFRESH_EVERY + 20  # crosses a refresh step
+    grads = []
+    for i in range(n):
+        if stream == "random":
+            grads.append(rng.standard_normal(d))
+        elif stream == "repeated":
+            grads.append(base[i % 6].copy())
+        else:
+            grads.append(np.zeros(d) if i % 5 == 4 else rng.standard_normal(d))
+    ps1, st1, calls = _run(grads, True, monkeypatch, rank=r, eps=1e-3, **kw)
+    ps0, st0, _ = _run(grads, False, monkeypatch, rank=r, eps=1e-3, **kw)
+    assert sum(calls) >= n - r - n // 5 - 1  # the streamed path took the full-sketch steps
+    for a, b in zip(ps1, ps0, strict=True):
+        assert rel(a, b) < 1e-9
+    for a, b in zip(st1, st0, strict=True):
+        assert a.t == b.t
+        assert rel(a.sketch.dense(1e-3), b.sketch.dense(1e-3)) < 1e-10
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_torch_bit_for_bit_with_numpy(rng):
+    """torch CPU tensors run the same NumPy kernels (through views): the same bits."""
+    torch = pytest.importorskip("torch")
+    d, k = 64, 3
+    sk = random_sketch(rng, d, k)
+    skt = GramSketch(torch.from_numpy(sk.U.copy()), torch.from_numpy(sk.sig2.copy()),
+                     torch.from_numpy(np.asarray(sk.rho).copy()))
+    for i in range(6):
+        g = rng.standard_normal(d)
+        a = fd_sketch_step(sk, g, 0.1, refresh=i == 3)
+        b = fd_sketch_step(skt, torch.from_numpy(g), 0.1, refresh=i == 3)
+        assert isinstance(b.direction, torch.Tensor) and isinstance(b.sketch.U, torch.Tensor)
+        assert np.array_equal(a.direction, b.direction.numpy())
+        assert np.array_equal(a.sketch.U, b.sketch.U.numpy())
+        assert np.array_equal(a.sketch.sig2, b.sketch.sig2.numpy())
+        assert float(a.sketch.rho) == float(b.sketch.rho)
+        sk, skt = a.sketch, b.sketch
+
+
+def test_float32_close_to_float64(rng):
+    d, r = 80, 4
+    grads = [rng.standard_normal(d) for _ in range(30)]
+    p64 = pc.sketched_adagrad(rank=r, eps=0.1)
+    p32 = pc.sketched_adagrad(rank=r, eps=0.1)
+    s64, s32 = p64.init(np.zeros(d)), p32.init(np.zeros(d, dtype=np.float32))
+    for g in grads:
+        a, s64 = p64.update(g, s64)
+        b, s32 = p32.update(g.astype(np.float32), s32)
+        assert b.dtype == np.float32 and s32.U.dtype == np.float32
+        assert rel(b.astype(np.float64), a) < 1e-4
+    U = s32.U.astype(np.float64)
+    assert np.abs(U.T @ U - np.eye(r)).max() < 2e-5
