@@ -515,7 +515,15 @@ def _step(
             xp.concat([zrr, xp.linalg.inv(Rv).T], axis=1),
         ], axis=0), dt)
     W1 = alloc((2 * r, d))
-    E = empty((2, wblocks[0][1] - wblocks[0][0]), U) if H is None else H
+    # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
+    # per block for both (p = g / sqrt(eps) + that row)
+    fused = sym is not None and H is None and W is not None
+    if fused:
+        alpha, coef_g = sym
+        Mm = xp.concat([Mm, xp.reshape(-alpha, (1, 2 * r))], axis=0)
+        hcol = xp.concat([hcol, xp.asarray([coef_g], dtype=dt, device=dev)])
+        minus_one = xp.asarray([-1.0], dtype=dt, device=dev)
+    E = empty((3 if fused else 2, wblocks[0][1] - wblocks[0][0]), U) if H is None else H
     for a, b in wblocks:
         B = b - a
         gb = p[a:b]
@@ -533,7 +541,7 @@ def _step(
             for i, sd in enumerate(sides):
                 residual_into(E, (i, slice(0, B)), inv_hs[i], H[i, :B], Mm[i, i * r:(i + 1) * r],
                               sd.Ft[:, a:b])
-        e = E[:, :B]
+        e = E[:2, :B]
         if W is not None:
             Wb = W[:, a:b]
             lincomb_into(W1, rows, Wb if Bm is None else Bm @ Wb, Vm, e)
@@ -546,6 +554,8 @@ def _step(
                              e[i:i + 1, :])
         if sym is None:
             scale_into(p, (slice(a, b),), inv_s)
+        elif fused:
+            residual_into(p, (slice(a, b),), inv_root, gblock(a, b), minus_one, E[2:, :B])
         else:
             _symmetric_into(xp, p, a, b, gblock(a, b), inv_root, sym, W, Ut, Vt)
     low = LowRank(W1[:r, :].T, xp.astype(S1, dt), W1[r:, :].T)
