@@ -356,7 +356,7 @@ def run_bench(dims: str, repeat: int, extra: list[str], prov: str) -> None:
             "   :width: 100%",
             "",
             "   Time per ``update`` against ``d`` (log-log), with the memory-bandwidth floor "
-            "(read and write ``U`` and ``V`` once).",
+            "(read and write ``U`` and ``V`` once, in place).",
             "",
         ]
     groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
@@ -399,7 +399,7 @@ def bench_plot(rows: list[dict[str, Any]], path: Path) -> bool:
             pts = sorted((r["d"], r["ms"]) for r in sub if r["method"] == method)
             ax.plot(*zip(*pts, strict=True), marker="o", label=method)
         floor = sorted({(r["d"], r["floor_ms"]) for r in sub})
-        ax.plot(*zip(*floor, strict=True), "k--", label="floor (read+write U, V)")
+        ax.plot(*zip(*floor, strict=True), "k--", label="floor (read+write U, V in place)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("d")

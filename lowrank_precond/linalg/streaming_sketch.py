@@ -6,15 +6,15 @@ rank`` columns) with :func:`~lowrank_precond.linalg.sketch_inverse_sqrt_apply` o
 sketch to ``g``. Same mathematics (the same ``U diag(sig2) U^T``, ``rho`` and direction to
 rounding), fewer passes over ``d``:
 
-1. ``c = U^T g`` and ``|g|^2`` (reads ``U, g``);
-2. in between, only small matrices: ``beta^2 = |g|^2 - |c|^2`` is the squared norm of the
-   residual ``h = g - U c`` (``U`` orthonormal), the ``(k+1) x (k+1)`` core
-   ``[[diag(sqrt(sig2)), c], [0, beta]]`` and its SVD ``W diag(s)`` give the new sketch,
-   and ``U_new^T g = W^T [c; beta]`` (``q = h / beta`` is orthogonal to ``U``), so the
+1. pass 1: ``c = U^T g`` and ``|g|^2`` (reads ``U, g``);
+2. in between, no pass, only small matrices: ``beta^2 = |g|^2 - |c|^2`` is the squared norm
+   of the residual ``h = g - U c`` (``U`` orthonormal), the ``(k+1) x (k+1)`` core
+   ``[[diag(sqrt(sig2)), c], [0, beta]]`` and its SVD ``W diag(s)`` give the new sketch, and
+   ``U_new^T g = W^T [c; beta]`` (``q = h / beta`` is orthogonal to ``U``), so the
    direction's coefficients need no pass either;
-3. ``U_new = [U, q] W = U (W_top - w c^T)^T ... + w g^T`` block by block (one small product
-   per block, ``w = W[k] / beta``), and in the same block ``p = g / sqrt(base) + U_new cv``
-   from the rows just written (reads ``U, g``, writes ``U_new, p``).
+3. pass 2: ``U_new^T = W_top^T U^T + w h^T = (W_top^T - w c^T) U^T + w g^T`` block by block
+   (one small product per block, ``w = W[k] / beta``), and in the same block ``p = g /
+   sqrt(base) + U_new cv`` from the rows just written (reads ``U, g``, writes ``U_new, p``).
 
 Against the floor of the bench (read and write ``U`` and ``V`` once) that is about one read
 of ``U`` more than the floor of ``U`` alone, and the general path's ten passes (CGS2's four,
@@ -23,7 +23,7 @@ the copy into ``[U h]``, the product, the direction's two) become two.
 **When ``g`` lies nearly in span U.** ``beta^2 = |g|^2 - |c|^2`` cancels; below
 ``beta^2 < EXTEND_MIN |g|^2`` an extra pass forms ``h1 = g - U c`` block by block and
 projects it once more (``c2 = U^T h1``: classical Gram--Schmidt twice, as the general path
-always does); pass 3 recomputes ``h1`` bit for bit and subtracts ``U c2``. A residual at the
+always does); pass 2 recomputes ``h1`` bit for bit and subtracts ``U c2``. A residual at the
 rounding level (``beta <= 64 u |g|``) adds no column, as in the general path.
 
 **Orthonormality.** Every :data:`SKETCH_REFRESH_EVERY` steps (the caller says when) pass 1
@@ -224,7 +224,7 @@ def _step(
         H = empty((1, wblocks[0][1] - wblocks[0][0]), U)
         c2 = xp.zeros((k,), dtype=dt, device=dev)
         hh = 0.0
-        for a, b in wblocks:  # pass 3's blocks: h1 is recomputed there bit for bit
+        for a, b in wblocks:  # the writing pass's blocks: h1 is recomputed there bit for bit
             hb = _first_residual(H, g, c1, Ut, a, b)
             c2 = c2 + Ut[:, a:b] @ hb
             hh += float(hb @ hb)
@@ -279,7 +279,7 @@ def _step(
         wt = xp.zeros((keep,), dtype=dt, device=dev)
     negA = xp.astype(-A, dt)
 
-    # ---- pass 3: U_new (one (keep, d) buffer) and p = g / sqrt(base) + U_new cv
+    # ---- pass 2: U_new (one (keep, d) buffer) and p = g / sqrt(base) + U_new cv
     W1 = alloc((keep, d))
     p = alloc((d,))
     H = empty((1, wblocks[0][1] - wblocks[0][0]), U) if c2 is not None else None
