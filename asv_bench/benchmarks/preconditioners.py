@@ -1,4 +1,4 @@
-"""preconditioners layer: one ``update`` of every method (after warm-up past the exact phase).
+"""preconditioners layer: one ``update`` of every method (the truncated step, past the exact phase).
 
 ``track_peak_memory_mb`` records the peak memory allocated by one step (NumPy through
 tracemalloc, CUDA torch through ``torch.cuda.max_memory_allocated``): a rank-r step should
@@ -29,6 +29,10 @@ METHODS = {
 RANKED = {"adagram", "adamgram", "sketched_adagrad"}
 
 
+#: adagram methods whose truncated step is the streamed one (``linalg.streaming``)
+STREAMED = {"adagram_ksl", "adagram_ksl_symmetric"}
+
+
 class _UpdateSetup:
     params = [BACKEND_LABELS, list(METHODS), DIMS, RANKS, ["float64"]]
     param_names = ["backend", "method", "d", "r", "dtype"]
@@ -43,18 +47,28 @@ class _UpdateSetup:
         self.pre = pc.get(factory)(**kwargs)
         self.grads = [randn(xp, device, (d,), dtype, seed=s) for s in range(3)]
         state = self.pre.init(self.grads[0])
+        # Time the truncated (rank-r) step. Its state is built directly, past the exact
+        # warm-up, whose r steps cost O(d r^2) copies (and, for the symmetric direction, a
+        # Householder QR) each: r + 3 warm-up updates took up to 9 s per parameter combination
+        # at d = 1e6, r = 20, and asv runs ``setup`` for every combination.
         if factory in ("adagram", "adamgram"):
-            # Time the truncated (rank-r) step. Its state is built directly, past the exact
-            # warm-up, whose r steps cost O(d r^2) copies and, for the symmetric direction, a
-            # Householder QR each: seconds per parameter combination at d = 1e6.
             U = orthonormal(xp, device, d, r, dtype, seed=11)
             V = orthonormal(xp, device, d, r, dtype, seed=12)
             S = xp.eye(r, dtype=U.dtype, device=device) * 0.9
             state = dataclasses.replace(state, U=U, S=S, V=V, t=r + 1, sumsq=float(d))
+            if method in STREAMED:
+                # one streamed step first, so that U and V share the (2r, d) buffer (and the
+                # workspace its buffers) that every later step reads
+                _, state = self.pre.update(self.grads[2], state)
+        elif factory == "sketched_adagrad":
+            U = orthonormal(xp, device, d, r, dtype, seed=11)
+            sig2 = xp.linspace(2.0 * d, 1.0 * d, r, dtype=U.dtype, device=device)
+            rho = xp.asarray(0.0, dtype=U.dtype, device=device)
+            state = dataclasses.replace(state, U=U, sig2=sig2, rho=rho, t=r)
+            # one (streamed Frequent-Directions) step first: its buffers, as above
             _, state = self.pre.update(self.grads[2], state)
-        else:
-            for i in range(r + 3):  # past the exact warm-up: time the truncating step
-                _, state = self.pre.update(self.grads[(i % 2) + 1], state)
+        else:  # diagonal methods: no warm-up phase
+            _, state = self.pre.update(self.grads[2], state)
         self.state = state
 
 
@@ -64,7 +78,6 @@ class Update(_UpdateSetup):
     def time_update(self, backend, method, d, r, dtype):
         p, _ = self.pre.update(self.grads[1], self.state)
         backends.synchronize(p)
-
 
 
 class PeakMemory(_UpdateSetup):

@@ -1,6 +1,16 @@
 """torch.optim wrappers: ``optimizer.step()`` of AdaGram / SketchedAdaGrad vs torch's own."""
 
-from ._common import BACKENDS, DTYPES, SMOKE
+import importlib.util
+
+from ._common import BACKENDS, DTYPES, SMOKE, namespace
+
+if importlib.util.find_spec("torch") is not None:
+    # A torch.optim optimizer's first ``step()`` imports torch._dynamo (~1 s, 800 modules).
+    # Imported here, it is imported once in asv's forkserver instead of in every benchmark
+    # process (an import only: no tensor op, no thread, no CUDA before the fork).
+    import torch._dynamo  # noqa: F401
+
+    import lowrank_precond.torch  # noqa: F401
 
 
 def _torch_devices():
@@ -18,6 +28,7 @@ class Step:
     timeout = 120
 
     def setup(self, device, optimizer, d, dtype):
+        namespace("torch-cpu" if device == "cpu" else "torch-cuda")  # skips a missing backend
         import torch
 
         import lowrank_precond.torch as lpt
