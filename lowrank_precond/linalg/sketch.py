@@ -395,24 +395,10 @@ def gram_sketch_update(
 
     # small core, scaled back by gmax (core dtype: float64 for float32 input)
     scale = xp.astype(gmax_arr, cdt)
-    sig = xp.sqrt(to_core(sketch.sig2))
-    eye_k = xp.eye(k, dtype=cdt, device=dev)
-    top = xp.concat([eye_k * sig, xp.reshape(c * scale, (k, 1))], axis=1)
-    if new_column:
-        bottom = xp.concat(
-            [
-                xp.zeros((1, k), dtype=cdt, device=dev),
-                xp.reshape(xp.astype(beta_arr, cdt) * scale, (1, 1)),
-            ],
-            axis=1,
-        )
-        core = xp.concat([top, bottom], axis=0)
-    else:
-        core = top
-    W, s, _ = xp.linalg.svd(core, full_matrices=False)
-    n_cols = int(s.shape[0])
-    keep = min(n_cols, rank)
-    s2 = s * s
+    beta_core = xp.astype(beta_arr, cdt) * scale if new_column else None
+    W, keep, sig2_new, rho = _fd_core(
+        xp, to_core(sketch.sig2), c * scale, beta_core, rank, shrink, to_core(sketch.rho)
+    )
 
     # U_new = [U q] W[:, :keep] with q = h / beta: one product with [U h] (the 1/beta goes
     # into the last row of the small factor).
@@ -426,14 +412,6 @@ def gram_sketch_update(
         Wk, basis = W[:, :keep], U
     U_new = basis @ (Wk if Wk.dtype == U.dtype else xp.astype(Wk, U.dtype))
 
-    rho = to_core(sketch.rho)
-    if n_cols > rank:
-        delta = s2[rank]
-        rho = rho + delta
-        sig2_new = s2[:rank] - delta if shrink else s2[:rank]
-    else:
-        sig2_new = s2
-
     if c2n > _ORTH_TOL * u * math.sqrt(k + 1) * gnorm_s:
         tau = _ORTH_TOL * u * math.sqrt(keep + 1)
         if _orthonormality_error(xp, U_new) > tau:
@@ -443,6 +421,35 @@ def gram_sketch_update(
         return a if a.dtype == U.dtype else xp.astype(a, U.dtype)
 
     return GramSketch(U_new, back(sig2_new), xp.asarray(back(rho)))
+
+
+def _fd_core(
+    xp: Any, sig2: Any, c: Any, beta: Any, rank: int, shrink: bool, rho: Any
+) -> tuple[Any, int, Any, Any]:
+    """The Frequent-Directions core step (all core dtype): ``(W, keep, sig2_new, rho_new)``.
+
+    ``core = [[diag(sqrt(sig2)), c], [0, beta]]`` (``beta=None``: no new column, the
+    ``k x (k+1)`` core ``[diag(sqrt(sig2)), c]``), ``core = W diag(s) Z^T``, and with more
+    than ``rank`` values ``delta = s^2[rank]`` moves to ``rho`` (and, with ``shrink``, is
+    subtracted from the kept ``s^2``). The new basis is ``[U q] W[:, :keep]``.
+    """
+    k = int(sig2.shape[0])
+    cdt, dev = sig2.dtype, device_of(sig2)
+    top = xp.concat([xp.eye(k, dtype=cdt, device=dev) * xp.sqrt(sig2), xp.reshape(c, (k, 1))],
+                    axis=1)
+    if beta is None:
+        core = top
+    else:
+        corner = xp.reshape(xp.astype(xp.asarray(beta, device=dev), cdt), (1, 1))
+        bottom = xp.concat([xp.zeros((1, k), dtype=cdt, device=dev), corner], axis=1)
+        core = xp.concat([top, bottom], axis=0)
+    W, s, _ = xp.linalg.svd(core, full_matrices=False)
+    n_cols = int(s.shape[0])
+    s2 = s * s
+    if n_cols > rank:
+        delta = s2[rank]
+        return W, rank, (s2[:rank] - delta if shrink else s2[:rank]), rho + delta
+    return W, n_cols, s2, rho
 
 
 def _integrator_update(

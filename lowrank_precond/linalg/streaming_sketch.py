@@ -56,6 +56,7 @@ from lowrank_precond.linalg.sketch import (
     _NEW_COLUMN_TOL,
     _ORTH_TOL,
     GramSketch,
+    _fd_core,
     _reorthonormalize,
 )
 from lowrank_precond.linalg.streaming import (
@@ -238,26 +239,10 @@ def _step(
 
     # ---- small algebra (core dtype): the core, its SVD, rho, sig2, the direction's coefficients
     fs = float(feed_scale)
-    sig = xp.sqrt(xp.astype(sig2, cdt))
-    top = xp.concat([xp.eye(k, dtype=cdt, device=dev) * sig, xp.reshape(cc * fs, (k, 1))],
-                    axis=1)
-    if new_column:
-        bottom = xp.concat([xp.zeros((1, k), dtype=cdt, device=dev),
-                            xp.asarray([[beta * fs]], dtype=cdt, device=dev)], axis=1)
-        core = xp.concat([top, bottom], axis=0)
-    else:
-        core = top
-    W, s, _ = xp.linalg.svd(core, full_matrices=False)
-    n_cols = int(s.shape[0])
-    keep = min(n_cols, k)
-    s2 = s * s
-    rho = xp.astype(sketch.rho, cdt)
-    if n_cols > k:
-        delta = s2[k]
-        rho = rho + delta
-        sig2_new = s2[:k] - delta if shrink else s2[:k]
-    else:
-        sig2_new = s2
+    W, keep, sig2_new, rho = _fd_core(
+        xp, xp.astype(sig2, cdt), cc * fs, beta * fs if new_column else None, k, shrink,
+        xp.astype(sketch.rho, cdt),
+    )
     Wk = W[:, :keep]
     # U_new^T g = W^T [U^T g; q^T g] = W^T [c1; beta] (q = h / beta is orthogonal to U)
     ug = Wk.T @ (xp.concat([c1c, xp.asarray([beta], dtype=cdt, device=dev)]) if new_column
