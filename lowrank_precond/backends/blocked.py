@@ -24,6 +24,7 @@ import array_api_compat
 __all__ = [
     "Workspace",
     "add_into",
+    "axpy_into",
     "copy_into",
     "empty",
     "from_numpy_view",
@@ -380,3 +381,29 @@ def copy_into(parent: Any, index: Any, x: Any) -> None:
     array([0., 1., 2.])
     """
     parent[index] = x
+
+
+def axpy_into(parent: Any, index: Any, c: float, x: Any, y: Any) -> None:
+    """``parent[index] = c x + y`` (in place on NumPy and torch CPU).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = np.zeros(3)
+    >>> axpy_into(out, (slice(0, 2),), 2.0, np.array([1.0, 2.0]), np.array([10.0, 20.0]))
+    >>> out
+    array([12., 24.,  0.])
+    """
+    kind = _kind(parent)
+    if kind == "numpy":
+        import numpy as np
+
+        dst = parent[index]
+        np.multiply(x, c, out=dst)
+        dst += y
+    elif kind == "torch":
+        import torch
+
+        torch.add(y, x, alpha=c, out=parent[index])
+    else:
+        parent[index] = c * x + y

@@ -75,6 +75,7 @@ from lowrank_precond.backends import array_namespace, core_dtype, device_of, nam
 from lowrank_precond.backends.blocked import (
     Workspace,
     add_into,
+    axpy_into,
     copy_into,
     empty,
     from_numpy_view,
@@ -522,7 +523,6 @@ def _step(
         alpha, coef_g = sym
         Mm = xp.concat([Mm, xp.reshape(-alpha, (1, 2 * r))], axis=0)
         hcol = xp.concat([hcol, xp.asarray([coef_g], dtype=dt, device=dev)])
-        minus_one = xp.asarray([-1.0], dtype=dt, device=dev)
     E = empty((3 if fused else 2, wblocks[0][1] - wblocks[0][0]), U) if H is None else H
     for a, b in wblocks:
         B = b - a
@@ -555,7 +555,7 @@ def _step(
         if sym is None:
             scale_into(p, (slice(a, b),), inv_s)
         elif fused:
-            residual_into(p, (slice(a, b),), inv_root, gblock(a, b), minus_one, E[2:, :B])
+            axpy_into(p, (slice(a, b),), inv_root, gblock(a, b), E[2, :B])
         else:
             _symmetric_into(xp, p, a, b, gblock(a, b), inv_root, sym, W, Ut, Vt)
     low = LowRank(W1[:r, :].T, xp.astype(S1, dt), W1[r:, :].T)
