@@ -18,6 +18,12 @@ agree to rounding), fewer passes over ``d``:
 Against the floor (read and write ``U`` and ``V`` once) that is two extra reads of ``V``, one
 of ``U``, and a few ``d``-vectors.
 
+**The symmetric direction** ``G^{-1/2} g`` (A.4.2) rides on the same passes: pass 1 also reads
+``U`` for ``C = U^T V``, pass 2 forms ``Y = V - U C`` block by block for the principal angles
+between ``span V`` and ``span U`` (see ``_symmetric_coefficients``), and pass 4 writes ``p =
+g / sqrt(eps) + [U V] alpha + coef gbar`` with the basis update's product (measured at d = 1e6,
+r = 5: 1.55x the published step).
+
 **Bases without a tall QR.** ``K = U S + x w^T`` lies in ``span[U, gbar]`` and ``U`` is
 orthonormal, so ``[U, q_u]`` with ``q_u = (gbar - U a1) / h_u``, ``h_u^2 = n - |a1|^2``, is an
 orthonormal basis of that span and ``K = [U, q_u] T`` with the ``(r+1) x r`` coordinates
@@ -95,7 +101,6 @@ __all__ = [
     "EXTEND_MIN",
     "REFRESH_EVERY",
     "SYMMETRIC_DRIFT_LIMIT",
-    "SYM_CLOSED",
     "SYM_DROP",
     "SYM_KEEP",
     "StreamedStep",
@@ -120,9 +125,6 @@ DRIFT_LIMIT = 1e-6
 SYMMETRIC_DRIFT_LIMIT = 1e-12
 #: principal-angle sines kept / dropped by the symmetric direction (see ``_symmetric_coefficients``)
 SYM_KEEP, SYM_DROP = 1e-6, 1e-7
-#: smallest principal-angle sine for which the symmetric direction uses the closed-form Gram
-#: matrix (no extra pass); below it, one explicit pass (see ``_symmetric_coefficients``)
-SYM_CLOSED = 1e-2
 _MIN_ROWS, _MAX_ROWS = 1024, 1 << 16
 
 
@@ -343,19 +345,6 @@ def _step(
         gb = g[a:b]
         return gb if gb.dtype == dt else xp.astype(gb, dt)
 
-    # ---- pass 1: c1 = V^T g, |g|^2
-    c1 = xp.zeros((r,), dtype=dt, device=dev)
-    gg = 0.0
-    for a, b in blocks:
-        gb = gblock(a, b)
-        c1 = c1 + Vt[:, a:b] @ gb
-        gg += float(gb @ gb)
-    c1c = xp.astype(c1, cdt)
-    if not math.isfinite(float(xp.sum(c1c))):
-        return None
-    t = xp.astype((Sc @ c1c) * inv_root, dt)
-
-    # ---- pass 2: gbar (into p), [a1; vg] = [U V]^T gbar, n = |gbar|^2
     W = stacked_parent(Ut, Vt)  # (2r, d) when U, V share one buffer (our own outputs)
     if W is None:
         # Inputs not from our own previous step (first truncated step, a checkpoint loaded
@@ -365,9 +354,36 @@ def _step(
         W = stacked_parent(*_stack(xp, Ut, Vt))
         if W is not None:
             Ut, Vt = W[:r, :], W[r:, :]
+
+    # ---- pass 1: c1 = V^T g, |g|^2 (and C = U^T V for the symmetric direction)
+    c1 = xp.zeros((r,), dtype=dt, device=dev)
+    C = None
+    gg = 0.0
+    for a, b in blocks:
+        gb = gblock(a, b)
+        Vb = Vt[:, a:b]
+        c1 = c1 + Vb @ gb
+        gg += float(gb @ gb)
+        if symmetric:
+            Ub = Ut[:, a:b]
+            C = Ub @ Vb.T if C is None else C + Ub @ Vb.T
+    c1c = xp.astype(c1, cdt)
+    if not math.isfinite(float(xp.sum(c1c))):
+        return None
+    t = xp.astype((Sc @ c1c) * inv_root, dt)
+
+    # ---- pass 2: gbar (into p), [a1; vg] = [U V]^T gbar, n = |gbar|^2; for the symmetric
+    # direction also Y = V - U C (explicitly: its Gram matrix GY gives the principal angles
+    # between span V and span U) and yg = Y^T gbar
+    if symmetric:
+        negCt = xp.astype(-C.T, dt)
+        rows0 = blocks[0][1] - blocks[0][0]
+        Yv, Yv2 = empty((r, rows0), U), empty((r, rows0), U)
+        GY = xp.zeros((r, r), dtype=dt, device=dev)
+        yg = xp.zeros((r,), dtype=dt, device=dev)
     p = alloc((d,))
     av = xp.zeros((2 * r,), dtype=dt, device=dev)
-    G = C = None
+    G = None
     n = 0.0
     for a, b in blocks:
         Ub, Vb = Ut[:, a:b], Vt[:, a:b]
@@ -378,8 +394,13 @@ def _step(
         else:
             av = av + xp.concat([Ub @ gb, Vb @ gb])
         n += float(gb @ gb)
-        if symmetric:  # C = U^T V
-            C = Ub @ Vb.T if C is None else C + Ub @ Vb.T
+        if symmetric:
+            B = b - a
+            lincomb_into(Yv, (slice(None), slice(0, B)), Vb, negCt, Ub)
+            # two distinct operands keep NumPy on gemm (its syrk is 1.4x slower here)
+            copy_into(Yv2, (slice(None), slice(0, B)), Yv[:, :B])
+            GY = GY + Yv[:, :B] @ Yv2[:, :B].T
+            yg = yg + Yv[:, :B] @ gb
         if refresh:
             Wbc = xp.astype(xp.concat([Ub, Vb], axis=0), cdt)
             G = Wbc @ Wbc.T if G is None else G + Wbc @ Wbc.T
@@ -394,14 +415,7 @@ def _step(
     s = math.hypot(1.0, nu)
     bcoef = (1.0 / s) * (1.0 / (1.0 + s))
 
-    # ---- symmetric direction: basis of span[U, V, gbar] from one more reduction pass
-    sym = None
-    if symmetric:
-        sym = _symmetric_coefficients(
-            xp, Ut, W, Vt, p, blocks, Sc, c1c, a1c, vgc, xp.astype(C, cdt), n, bcoef, root
-        )
-        if sym is None:
-            return None  # sines in (SYM_DROP, SYM_KEEP): Householder in the general path
+    S_in, a1_in = Sc, a1c  # in the input basis (a refresh step re-expresses them below)
 
     # ---- refresh: U = U_o R_u, V = V_o R_v with orthonormal U_o, V_o
     Ru = Rv = None
@@ -452,6 +466,21 @@ def _step(
             sd.a2c = a2c
             sd.h = math.sqrt(max(h2, 0.0))
             sd.extend = sd.h > drop_tol
+
+    # ---- symmetric direction: a basis of span[U, V, gbar] from pass 2's reductions
+    sym = None
+    if symmetric:
+        # U^T gbar and |gbar - U a| as accurately as the published step has them: after
+        # CGS2 the refined ones; otherwise (also on refresh steps, whose us.coef is in the
+        # re-orthonormalised basis) a1 and the closed form, then well conditioned
+        a_sym = a1_in + us.a2c if us.explicit else a1_in
+        h_sym = us.h if us.explicit else math.sqrt(max(n - float(a1_in @ a1_in), 0.0))
+        sym = _symmetric_coefficients(
+            xp, S_in, c1c, a1_in, a_sym, h_sym, xp.astype(C, cdt), xp.astype(GY, cdt),
+            xp.astype(yg, cdt), n, bcoef, root, dt,
+        )
+        if sym is None:
+            return None  # sines in (SYM_DROP, SYM_KEEP): Householder in the general path
 
     # ---- small algebra (core dtype): K step, S step, L step, gauges
     w = vs.coef - Sc.T @ us.coef  # V^T y
@@ -595,65 +624,59 @@ def _first_projection(H: Any, W: Any, sides: Any, A1: Any, gb: Any, a: int, b: i
 
 
 def _symmetric_coefficients(
-    xp: Any, Ut: Any, W: Any, Vt: Any, p: Any, blocks: Any, S: Any, c1: Any, a1: Any, vg: Any,
-    C: Any, n: float, b: float, root: float,
+    xp: Any, S: Any, c1: Any, a1: Any, a: Any, h: float, C: Any, GY: Any, yg: Any, n: float,
+    b: float, root: float, dt: Any,
 ) -> tuple[Any, Any] | None:
     """``(alpha, coef_g)`` with ``G^{-1/2} g = g / sqrt(eps) + [U V] alpha + coef_g gbar`` (A.4.2).
 
-    ``M^+ = U S V^T + b gbar y^T``, ``y = gbar - V S^T a1``, acts in ``span[U, V, gbar]``. Its
-    orthonormal basis is ``Z = [U, Q]`` with ``Q = Y2 E lam^{-1/2}`` (never formed), where
-    ``Y2 = [V, gbar/nu] - U P``, ``P = U^T [V, gbar/nu]``, has the Gram matrix
-    ``E diag(lam) E^T``. The core ``m = Z^T M^+ Z`` and ``Z^T g`` are small expressions
-    (``U^T g = sqrt(eps)(a1 + t)``, ``gbar^T g = sqrt(eps)(n + t^T a1)``); ``p =
-    eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` as in A.4.2.
+    ``M^+ = U S V^T + b gbar y^T``, ``y = gbar - V S^T a1`` (``a1 = U^T gbar``), acts in
+    ``span[U, V, gbar]``. Its orthonormal basis is ``Z = [U, Q]`` with ``Q = Y2 E lam^{-1/2}``
+    (never formed), where ``Y2 = [V, gbar/nu] - U P``, ``P = [C, a/nu]`` (``C = U^T V``; ``a``
+    the projection of ``gbar`` on ``U``, refined by CGS2 where the published step needed it)
+    has the Gram matrix ``E diag(lam) E^T``. The core ``m = Z^T M^+ Z`` and ``Z^T g`` are
+    small expressions (``U^T g = sqrt(eps)(a1 + t)``, ``gbar^T g = sqrt(eps)(n + t^T a1)``);
+    ``p = eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` as in A.4.2.
 
-    **Two ways to the Gram matrix of Y2.** ``sqrt(lam)`` are the sines of the principal angles
-    between ``span[V, gbar/nu]`` and ``span U``.
+    **The Gram matrix of Y2, without a pass of its own.** ``sqrt(lam)`` are the sines of the
+    principal angles between ``span[V, gbar/nu]`` and ``span U``. In AdaGram they are tiny:
+    ``span V`` equals ``span U`` in exact arithmetic (measured sines ``<= 2e-8`` on random
+    streams, i.e. rounding), so ``I - C^T C`` (the closed form) cancels to nothing and cannot
+    tell zero sines from small true ones at d = 1e6 (``U^T U - I ~ 5e-14`` after a QR there
+    puts them at ``~2e-7``). Instead pass 1 measures ``C`` and pass 2 forms ``Y = V - U C``
+    block by block with ``GY = Y^T Y`` and ``yg = Y^T gbar``: small columns whose Gram matrix
+    is resolved relative to its own size. ``Y`` is the ``V`` part of ``Y2`` up to ``U D``,
+    ``D = U^T Y = (I - U^T U) C ~ 1e-13``, so ``D^T D`` is far below the smallest eigenvalue
+    that matters (``SYM_DROP^2 = 1e-14``). The ``gbar`` column is ``(gbar - U a)/nu``, of norm
+    ``h/nu``, and its products with ``Y`` are ``yg/nu`` (up to ``D^T a``, as small). So::
 
-    - *Closed form, no pass over d:* with ``U^T U = V^T V = I``, ``Y2^T Y2 = [[I, vg/nu],
-      [vg^T/nu, 1]] - P^T P`` with ``P = [C, a1/nu]`` from pass 2. Its absolute error is that
-      of the orthonormality and of the length-``d`` sums (measured ``5e-14`` at d = 1e6 after
-      torch's QR), so a sine ``sigma`` carries a relative error ``~1e-13 / sigma^2``. It is
-      used when every sine is at least :data:`SYM_CLOSED` (``<= 1e-9`` relative). That is
-      rare in AdaGram: there ``span V`` equals ``span U`` in exact arithmetic (measured sines
-      ``<= 2e-8`` on random streams, i.e. rounding), and only the explicit Gram matrix tells
-      those zero sines from small true ones. (Next step: compute the ``V - U C`` block of it
-      for the next step inside pass 3, where the new factors pass through cache anyway.)
-    - *Explicit, one more pass:* otherwise ``Y = [V, gbar/nu] - U P`` is formed block by block
-      with ``Y^T Y`` (``= Y2^T Y2`` to ``~1e-26``, see ``_explicit_gram``), whose small
-      eigenvalues are resolved relative to their own size. A symmetric eigensolver still
-      resolves sines only down to ``~sqrt(u) = 1.5e-8`` (absolute error ``u |G2|`` on
-      ``lam``), which is why directions that coincide exactly
-      (right after the warm-up ``span V = span U``) show up there. A direction with
-      ``sqrt(lam) >= SYM_KEEP`` is kept (its basis vector carries an orthogonality error
-      ``<~ u / sqrt(lam) <= 2e-10``); one with ``sqrt(lam) <= SYM_DROP`` is dropped, a
-      backward perturbation of ``V`` (or ``gbar / nu``) of at most that size. In between,
-      ``None``: the caller's Householder path decides.
+        G2 = [[GY, yg/nu], [yg^T/nu, (h/nu)^2]]
+
+    A symmetric eigensolver resolves sines only down to ``~sqrt(u) = 1.5e-8`` (absolute error
+    ``u |G2|`` on ``lam``), which is why directions that coincide exactly show up there. A
+    direction with ``sqrt(lam) >= SYM_KEEP`` is kept (its basis vector carries an
+    orthogonality error ``<~ u / sqrt(lam) <= 2e-10``); one with ``sqrt(lam) <= SYM_DROP`` is
+    dropped, a backward perturbation of ``V`` (or ``gbar / nu``) of at most that size. In
+    between, ``None``: the caller's Householder path decides.
 
     Measured against dense SVD references (random, least-squares, low-dimensional and
     repeated gradient streams, d = 200, r = 5, 300 steps, eps = 0.1, 1e-4, 1e-8) the errors
     are those of the general (Householder) path to within 1.5x (both ``~u sqrt(lambda/eps)``,
-    A.15) and no step fell in between.
+    A.15) and no step fell in between. Earlier versions formed ``Y`` in a separate pass (9 to
+    35 ms of a 30 to 60 ms step at d = 1e6, r = 5).
     """
     r = int(S.shape[0])
-    dt = p.dtype
     cdt = S.dtype
     dev = device_of(S)
     nu = math.sqrt(n)
     inv_nu = 1.0 / nu
-    P1 = xp.concat([C, xp.reshape(a1 * inv_nu, (r, 1))], axis=1)  # (r, r+1)
-    vgn = xp.reshape(vg * inv_nu, (r, 1))
+    P = xp.concat([C, xp.reshape(a * inv_nu, (r, 1))], axis=1)  # [V, gbar/nu] = U P + Y2
+    ygn = xp.reshape(yg * inv_nu, (r, 1))
     G2 = xp.concat([
-        xp.concat([xp.eye(r, dtype=cdt, device=dev), vgn], axis=1),
-        xp.concat([vgn.T, xp.ones((1, 1), dtype=cdt, device=dev)], axis=1),
-    ], axis=0) - P1.T @ P1
+        xp.concat([GY, ygn], axis=1),
+        xp.concat([ygn.T, xp.asarray([[(h * inv_nu) ** 2]], dtype=cdt, device=dev)], axis=1),
+    ], axis=0)
     lam, E = xp.linalg.eigh((G2 + G2.T) / 2)
     sv = xp.sqrt(xp.clip(lam, min=0.0))
-    P = P1  # [V, gbar/nu] = U P + Y2
-    if float(xp.min(sv)) < SYM_CLOSED:
-        G2 = xp.astype(_explicit_gram(xp, Ut, W, Vt, p, blocks, P1, inv_nu), cdt)
-        lam, E = xp.linalg.eigh((G2 + G2.T) / 2)
-        sv = xp.sqrt(xp.clip(lam, min=0.0))
     gray = (sv > SYM_DROP) & (sv < SYM_KEEP)
     if bool(xp.any(gray)):
         return None
@@ -681,33 +704,6 @@ def _symmetric_coefficients(
     return xp.astype(alpha, dt), float(wq[r]) * inv_nu / root
 
 
-def _explicit_gram(
-    xp: Any, Ut: Any, W: Any, Vt: Any, p: Any, blocks: Any, P1: Any, inv_nu: float
-) -> Any:
-    """``Y^T Y`` for ``Y = [V, gbar/nu] - U P1``, formed block by block (one pass).
-
-    ``Y`` is ``Y2`` up to ``U D``, ``D = U^T Y``: the error of ``P1`` (length-``d`` sums) and
-    the non-orthonormality of ``U``, both ``<~ 1e-13``, so ``D^T D <~ 1e-26`` is far below the
-    smallest eigenvalue that matters (``SYM_DROP^2 = 1e-14``) and is not formed (it would
-    cost 30 of the pass's 66 multiply-adds per row).
-    """
-    r = int(Ut.shape[0])
-    dt = p.dtype
-    negCt = xp.astype(-P1[:, :r].T, dt)  # (r, r)
-    an = xp.astype(P1[:, r], dt)  # a1 / nu
-    rows = blocks[0][1] - blocks[0][0]
-    Y, Y2 = empty((r + 1, rows), p), empty((r + 1, rows), p)
-    G = xp.zeros((r + 1, r + 1), dtype=dt, device=device_of(p))
-    for a, b_ in blocks:
-        B = b_ - a
-        Ub = Ut[:, a:b_]
-        Vb = Vt[:, a:b_] if W is None else W[r:, a:b_]
-        lincomb_into(Y, (slice(0, r), slice(0, B)), Vb, negCt, Ub)
-        residual_into(Y, (r, slice(0, B)), inv_nu, p[a:b_], an, Ub)
-        # two distinct operands keep NumPy on gemm (its syrk runs 1.4x slower at this size)
-        copy_into(Y2, (slice(None), slice(0, B)), Y[:, :B])
-        G = G + Y[:, :B] @ Y2[:, :B].T
-    return G
 
 def _symmetric_into(
     xp: Any, p: Any, a: int, b: int, gb: Any, inv_root: float, sym: Any, W: Any, Ut: Any,
