@@ -659,8 +659,9 @@ def _symmetric_coefficients(
     between, ``None``: the caller's Householder path decides.
 
     Measured against dense SVD references (random, least-squares, low-dimensional and
-    repeated gradient streams, d = 200, r = 5, 300 steps, eps = 0.1, 1e-4, 1e-8) the errors
-    are those of the general (Householder) path to within 1.5x (both ``~u sqrt(lambda/eps)``,
+    repeated gradient streams, d = 200, r = 5, 300 steps, eps = 0.1, 1e-4, 1e-8;
+    ``asv_bench/scripts/symmetric_accuracy.py``) the errors are those of the general
+    (Householder) path to within 2x (both ``~u sqrt(lambda/eps)``,
     A.15) and no step fell in between. Earlier versions formed ``Y`` in a separate pass (9 to
     35 ms of a 30 to 60 ms step at d = 1e6, r = 5).
     """
