@@ -115,7 +115,7 @@ class Workspace:
         """Uninitialised array of ``shape`` like :func:`empty`, reusing an unreferenced buffer."""
         kind = _kind(like)
         np_dtype = _numpy_dtype(like)
-        if kind == "generic" or np_dtype is None:
+        if np_dtype is None:
             return empty(shape, like)
         import numpy as np
 
@@ -132,9 +132,12 @@ class Workspace:
 
 def _numpy_dtype(like: Any) -> Any:
     """NumPy's float dtype for ``like``'s (numpy or torch CPU), ``None`` for others."""
+    kind = _kind(like)
+    if kind == "generic":  # (never imports torch for other backends)
+        return None
     import numpy as np
 
-    if _kind(like) == "numpy":
+    if kind == "numpy":
         return like.dtype if like.dtype in (np.float64, np.float32) else None
     import torch
 
