@@ -30,6 +30,7 @@ __all__ = [
     "from_numpy_view",
     "lincomb_into",
     "numpy_view",
+    "numpy_views",
     "residual_into",
     "scale_into",
     "single_threaded_blas",
@@ -355,6 +356,22 @@ def numpy_view(x: Any) -> Any:
         return x.detach().numpy()
     except (RuntimeError, TypeError):  # e.g. a tensor with the conjugate or negative bit set
         return None
+
+
+def numpy_views(*xs: Any) -> tuple[Any, ...] | None:
+    """:func:`numpy_view` of every argument, or ``None`` unless all of them have one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = numpy_views(torch.zeros(2), torch.ones(1, dtype=torch.float64))
+    >>> a.dtype, b.dtype
+    (dtype('float32'), dtype('float64'))
+    >>> numpy_views(torch.zeros(2), torch.zeros(2, dtype=torch.int64)) is None
+    True
+    """
+    views = tuple(numpy_view(x) for x in xs)
+    return None if any(v is None for v in views) else views
 
 
 def from_numpy_view(y: Any) -> Any:

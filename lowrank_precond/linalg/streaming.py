@@ -86,7 +86,7 @@ from lowrank_precond.backends.blocked import (
     empty,
     from_numpy_view,
     lincomb_into,
-    numpy_view,
+    numpy_views,
     residual_into,
     scale_into,
     single_threaded_blas,
@@ -291,15 +291,13 @@ def _numpy_views(lowrank: LowRank, g: Any) -> tuple[LowRank, Any] | None:
     """
     U, S, V = lowrank.U, lowrank.S, lowrank.V
     W = stacked_parent(U.T, V.T)
-    Wn = None if W is None else numpy_view(W)
-    if Wn is not None:
-        r = int(U.shape[1])
-        Un, Vn = Wn[:r, :].T, Wn[r:, :].T
-    else:
-        Un, Vn = numpy_view(U), numpy_view(V)
-    Sn, gn = numpy_view(S), numpy_view(g)
-    if any(x is None for x in (Un, Sn, Vn, gn)):
+    views = numpy_views(U if W is None else W, V, S, g)
+    if views is None:
         return None
+    Un, Vn, Sn, gn = views
+    if W is not None:  # Un is the (2r, d) buffer
+        r = int(U.shape[1])
+        Un, Vn = Un[:r, :].T, Un[r:, :].T
     return LowRank(Un, Sn, Vn), gn
 
 

@@ -48,7 +48,7 @@ from lowrank_precond.backends.blocked import (
     copy_into,
     empty,
     from_numpy_view,
-    numpy_view,
+    numpy_views,
     residual_into,
     single_threaded_blas,
 )
@@ -169,10 +169,8 @@ def fd_sketch_step(
 
 
 def _numpy_views(sketch: GramSketch, g: Any) -> tuple[GramSketch, Any] | None:
-    views = [numpy_view(x) for x in (sketch.U, sketch.sig2, sketch.rho, g)]
-    if any(v is None for v in views):
-        return None
-    return GramSketch(*views[:3]), views[3]
+    views = numpy_views(sketch.U, sketch.sig2, sketch.rho, g)
+    return None if views is None else (GramSketch(*views[:3]), views[3])
 
 
 def _step(
@@ -195,9 +193,7 @@ def _step(
 
     Ut = U.T
     if not _row_contiguous(Ut):  # e.g. from the general path: one copy into (k, d) rows
-        buf = empty((k, d), U)
-        copy_into(buf, (slice(None), slice(None)), Ut)
-        Ut = buf
+        Ut = _row_copy(U)
     blocks = _row_blocks(d, k, U, BLOCK_BYTES)
     wblocks = _row_blocks(d, k, U, WRITE_BLOCK_BYTES)
 
@@ -209,8 +205,7 @@ def _step(
             return None
         if drift > tau:
             U2, sig2 = _reorthonormalize(xp, U, sig2)
-            Ut = empty((k, d), U)
-            copy_into(Ut, (slice(None), slice(None)), U2.T)
+            Ut = _row_copy(U2)
             c1, gg, _ = _project(xp, Ut, g, blocks, False)
     lo, hi = _safe_range(xp, dt)
     c1c = xp.astype(c1, cdt)
@@ -220,9 +215,9 @@ def _step(
 
     # ---- the residual h = g - U c: implicit, or explicit (CGS2) when g is nearly in span U
     beta2 = gg - csq
-    c2 = None
+    c2 = H = None
     if beta2 < EXTEND_MIN * gg:
-        H = empty((1, wblocks[0][1] - wblocks[0][0]), U)
+        H = empty((1, wblocks[0][1] - wblocks[0][0]), U)  # h1 by blocks, also in pass 2
         c2 = xp.zeros((k,), dtype=dt, device=dev)
         hh = 0.0
         for a, b in wblocks:  # the writing pass's blocks: h1 is recomputed there bit for bit
@@ -267,7 +262,6 @@ def _step(
     # ---- pass 2: U_new (one (keep, d) buffer) and p = g / sqrt(base) + U_new cv
     W1 = alloc((keep, d))
     p = alloc((d,))
-    H = empty((1, wblocks[0][1] - wblocks[0][0]), U) if c2 is not None else None
     inv_sb = 1.0 / sb
     for a, b in wblocks:
         rows = (slice(None), slice(a, b))
@@ -281,6 +275,13 @@ def _step(
         residual_into(p, (slice(a, b),), inv_sb, g[a:b], -cv, W1[:, a:b])
     new = GramSketch(W1.T, xp.astype(sig2_new, dt), xp.asarray(xp.astype(rho, dt)))
     return StreamedSketchStep(new, p)
+
+
+def _row_copy(U: Any) -> Any:
+    """``U.T`` ``(k, d)`` copied into a row-contiguous buffer."""
+    Ut = empty((int(U.shape[1]), int(U.shape[0])), U)
+    copy_into(Ut, (slice(None), slice(None)), U.T)
+    return Ut
 
 
 def _row_contiguous(Ft: Any) -> bool:
