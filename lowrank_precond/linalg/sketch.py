@@ -164,6 +164,19 @@ class GramSketch:
         return (self.rho + eps) * eye + (self.U * self.sig2) @ self.U.T
 
 
+def _check_sketch_vector(sketch: Any, name: str, v: Any) -> Any:
+    """The namespace of ``v`` after checking it against ``sketch`` (a ``GramSketch``)."""
+    if not isinstance(sketch, GramSketch):
+        raise TypeError(f"sketch: expected a GramSketch, got {type(sketch).__name__}")
+    U = sketch.U
+    xp = check_vector(name, v, int(U.shape[0]))
+    if array_namespace(U) is not xp:
+        raise TypeError(f"{name}: must be an array of the same kind as the sketch's U")
+    if v.dtype != U.dtype:
+        raise TypeError(f"{name}: dtype {v.dtype} must equal the sketch's dtype {U.dtype}")
+    return xp
+
+
 def _host(xp: Any, *scalars: Any) -> list[float]:
     """Several 0-d arrays as Python floats with one device-to-host transfer."""
     return [float(v) for v in to_numpy(xp.stack(list(scalars))).tolist()]
@@ -336,15 +349,9 @@ def gram_sketch_update(
     >>> sk.rank, float(sk.rho) > 0
     (3, True)
     """
-    if not isinstance(sketch, GramSketch):
-        raise TypeError(f"sketch: expected a GramSketch, got {type(sketch).__name__}")
+    xp = _check_sketch_vector(sketch, "g", g)
     U = sketch.U
     d, k = int(U.shape[0]), int(U.shape[1])
-    xp = check_vector("g", g, d)
-    if array_namespace(U) is not xp:
-        raise TypeError("g: must be an array of the same kind as the sketch's U")
-    if g.dtype != U.dtype:
-        raise TypeError(f"g: dtype {g.dtype} must equal the sketch's dtype {U.dtype}")
     rank = check_rank("rank", rank, d)
     if not isinstance(shrink, bool):
         raise TypeError(f"shrink: expected a bool, got {shrink!r}")
@@ -533,15 +540,9 @@ def sketch_inverse_sqrt_apply(sketch: GramSketch, v: Any, eps: float) -> Any:
     >>> sketch_inverse_sqrt_apply(sk, np.ones(3), eps=1.0)  # diag(4, 1, 1)^(-1/2) @ 1
     array([0.5, 1. , 1. ])
     """
-    if not isinstance(sketch, GramSketch):
-        raise TypeError(f"sketch: expected a GramSketch, got {type(sketch).__name__}")
+    xp = _check_sketch_vector(sketch, "v", v)
     U = sketch.U
-    d, k = int(U.shape[0]), int(U.shape[1])
-    xp = check_vector("v", v, d)
-    if array_namespace(U) is not xp:
-        raise TypeError("v: must be an array of the same kind as the sketch's U")
-    if v.dtype != U.dtype:
-        raise TypeError(f"v: dtype {v.dtype} must equal the sketch's dtype {U.dtype}")
+    k = int(U.shape[1])
     eps = check_positive("eps", eps)
     base = to_core(sketch.rho) + eps
     sb = xp.sqrt(base)
