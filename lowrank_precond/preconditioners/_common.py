@@ -50,6 +50,7 @@ Namespaces
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ __all__ = [
     "check_param",
     "check_update_freq",
     "ema",
+    "flat_grad",
     "is_refresh_step",
     "matrix_layout",
 ]
@@ -170,6 +172,23 @@ def check_grad_like(grad: Any, like: Any) -> None:
             f"grad: shape {tuple(grad.shape)} does not match the state, which was "
             f"initialised for shape {tuple(like.shape)}"
         )
+
+
+def flat_grad(grad: Any, d: int) -> Any:
+    """``grad`` reshaped to ``(d,)``; ``ValueError`` naming it unless it has ``d`` entries.
+
+    For the vector methods, whose state was initialised for a parameter of ``d`` entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> flat_grad(np.ones((2, 3)), 6).shape
+    (6,)
+    """
+    n = math.prod(grad.shape)
+    if n != d:
+        raise ValueError(f"grad: has {n} entries but the state was initialised for d={d}")
+    return array_namespace(grad).reshape(grad, (d,))
 
 
 # --------------------------------------------------------------------------- step rules

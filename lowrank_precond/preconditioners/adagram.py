@@ -44,6 +44,7 @@ from lowrank_precond.preconditioners._common import (
     check_eps,
     check_param,
     ema,
+    flat_grad,
 )
 from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
 
@@ -391,13 +392,7 @@ class _Core:
     def flat(self, grad: Any, state: AdaGramState, cast: bool = True) -> Any:
         """``grad`` flattened to ``(d,)`` in the factor dtype (checked against the state)."""
         xp = array_namespace(grad)
-        d = int(state.P.shape[0])
-        if math.prod(grad.shape) != d:
-            raise ValueError(
-                f"grad: has {math.prod(grad.shape)} entries but the state was initialised "
-                f"for d={d}"
-            )
-        g = xp.reshape(grad, (d,))
+        g = flat_grad(grad, int(state.P.shape[0]))
         if not cast:
             return g
         return g if g.dtype == state.P.dtype else xp.astype(g, state.P.dtype)

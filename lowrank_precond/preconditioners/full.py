@@ -12,7 +12,7 @@ from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_int, device_of
 from lowrank_precond.linalg import inverse_root
-from lowrank_precond.preconditioners._common import check_eps, check_param
+from lowrank_precond.preconditioners._common import check_eps, check_param, flat_grad
 from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
 
 __all__ = ["DEFAULT_MAX_DIM", "FullMatrixAdaGradState", "full_matrix_adagrad"]
@@ -105,11 +105,7 @@ def full_matrix_adagrad(
     def update(grad: Any, state: FullMatrixAdaGradState) -> tuple[Any, FullMatrixAdaGradState]:
         xp = array_namespace(grad)
         d = int(state.G.shape[0])
-        if math.prod(grad.shape) != d:
-            raise ValueError(
-                f"grad: has {math.prod(grad.shape)} entries but the state was initialised for d={d}"
-            )
-        g = xp.reshape(grad, (d,))
+        g = flat_grad(grad, d)
         G = state.G + xp.reshape(g, (d, 1)) * xp.reshape(g, (1, d))
         direction = inverse_root(G, eps) @ g
         return xp.reshape(direction, grad.shape), FullMatrixAdaGradState(t=state.t + 1, G=G)

@@ -29,6 +29,7 @@ from lowrank_precond.preconditioners._common import (
     check_eps,
     check_param,
     ema,
+    flat_grad,
 )
 from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
 
@@ -171,14 +172,9 @@ def sketched_adagrad(
     def update(grad: Any, state: SketchedAdaGradState) -> tuple[Any, SketchedAdaGradState]:
         xp = array_namespace(grad)
         d = int(state.U.shape[0])
-        if math.prod(grad.shape) != d:
-            raise ValueError(
-                f"grad: has {math.prod(grad.shape)} entries but the state was initialised "
-                f"for d={d}"
-            )
+        g = flat_grad(grad, d)
         if grad.dtype != state.U.dtype:
             raise TypeError(f"grad: dtype {grad.dtype} does not match the state's {state.U.dtype}")
-        g = xp.reshape(grad, (d,))
         t = state.t + 1
         sketch = state.sketch
         if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
