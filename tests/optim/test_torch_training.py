@@ -26,14 +26,7 @@ from lowrank_precond.torch import (  # noqa: E402
     SketchedAdaGrad,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These are many tiny ops: threads only contend (and the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # (class, kwargs): lr per method (the published AdaGram step is bounded by lr)
