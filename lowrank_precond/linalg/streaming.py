@@ -158,7 +158,10 @@ class StreamedStep:
     cgs2: tuple[bool, bool]
 
 
-def _row_blocks(d: int, r: int, like: Any, block_bytes: int) -> list[tuple[int, int]]:
+def _row_blocks(d: int, r: int, like: Any, *, write: bool) -> list[tuple[int, int]]:
+    """Row blocks of a reading (:data:`BLOCK_BYTES`) or the writing pass
+    (:data:`WRITE_BLOCK_BYTES`), looked up here so that both streamed steps follow them."""
+    block_bytes = WRITE_BLOCK_BYTES if write else BLOCK_BYTES
     xp = array_namespace(like)
     if name_of(like) not in ("numpy", "torch") or "cpu" not in str(device_of(like)).lower():
         return [(0, d)]
@@ -333,8 +336,8 @@ def _step(
     Sc = xp.astype(S, cdt)
     root = math.sqrt(eps)
     inv_root = 1.0 / root
-    blocks = _row_blocks(d, r, U, BLOCK_BYTES)
-    wblocks = _row_blocks(d, r, U, WRITE_BLOCK_BYTES)
+    blocks = _row_blocks(d, r, U, write=False)
+    wblocks = _row_blocks(d, r, U, write=True)
 
     def alloc(shape: tuple[int, ...]) -> Any:
         return empty(shape, U) if workspace is None else workspace.empty(shape, U)

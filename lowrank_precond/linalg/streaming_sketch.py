@@ -60,9 +60,7 @@ from lowrank_precond.linalg.sketch import (
     _reorthonormalize,
 )
 from lowrank_precond.linalg.streaming import (
-    BLOCK_BYTES,
     EXTEND_MIN,
-    WRITE_BLOCK_BYTES,
     _row_blocks,
     _safe_range,
 )
@@ -194,8 +192,8 @@ def _step(
     Ut = U.T
     if not _row_contiguous(Ut):  # e.g. from the general path: one copy into (k, d) rows
         Ut = _row_copy(U)
-    blocks = _row_blocks(d, k, U, BLOCK_BYTES)
-    wblocks = _row_blocks(d, k, U, WRITE_BLOCK_BYTES)
+    blocks = _row_blocks(d, k, U, write=False)
+    wblocks = _row_blocks(d, k, U, write=True)
 
     # ---- pass 1: c = U^T g, |g|^2 (and U^T U on refresh steps)
     c1, gg, K = _project(xp, Ut, g, blocks, refresh)

@@ -5,17 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment, streaming
+from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment
 from lowrank_precond.linalg.streaming import REFRESH_EVERY, ksl_adagram_step
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Small blocks, so that the multi-block code runs at test sizes (numpy, torch): 16 rows
-    in the writing pass, ``1024 // (8 r)`` (a different blocking) in the reading ones."""
-    monkeypatch.setattr(streaming, "_MIN_ROWS", 16)
-    monkeypatch.setattr(streaming, "BLOCK_BYTES", 1024)
-    monkeypatch.setattr(streaming, "WRITE_BLOCK_BYTES", 16 * 8)
 
 
 def orth(A):

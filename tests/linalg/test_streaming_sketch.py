@@ -10,19 +10,10 @@ from lowrank_precond.linalg import (
     GramSketch,
     gram_sketch_update,
     sketch_inverse_sqrt_apply,
-    streaming,
 )
 from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
 
 sketched_module = importlib.import_module("lowrank_precond.preconditioners.sketched")
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Small (and different) read and write blocks, so that the multi-block code runs."""
-    monkeypatch.setattr(streaming, "_MIN_ROWS", 16)
-    monkeypatch.setattr(streaming, "BLOCK_BYTES", 1024)
-    monkeypatch.setattr(streaming, "WRITE_BLOCK_BYTES", 16 * 8)
 
 
 def rel(a, b):
@@ -106,30 +97,14 @@ def test_refresh_repairs_drift(rng):
     assert err(fixed.sketch.U) < 1e-14
 
 
-def _run(grads, streamed, monkeypatch, **kw):
-    calls = []
-    real = sketched_module.fd_sketch_step
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs) if streamed else None
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(sketched_module, "fd_sketch_step", spy)
-    pre = pc.sketched_adagrad(**kw)
-    state = pre.init(grads[0])
-    ps, states = [], []
-    for g in grads:
-        p, state = pre.update(g, state)
-        ps.append(np.array(p))
-        states.append(state)
-    monkeypatch.setattr(sketched_module, "fd_sketch_step", real)
-    return ps, states, calls
+def _run(run_streamed, grads, streamed, **kw):
+    return run_streamed(sketched_module, "fd_sketch_step", pc.sketched_adagrad, grads, streamed,
+                        **kw)
 
 
 @pytest.mark.parametrize("stream", ["random", "repeated", "zeros"])
 @pytest.mark.parametrize("kw", [{}, {"shrink": False}, {"betas": (0.0, 0.9)}])
-def test_sketched_adagrad_streamed_equals_general(monkeypatch, rng, stream, kw):
+def test_sketched_adagrad_streamed_equals_general(run_streamed, rng, stream, kw):
     d, r = 40, 4
     base = [rng.standard_normal(d) for _ in range(6)]
     n = SKETCH_REFRESH_EVERY + 20  # crosses a refresh step
@@ -141,8 +116,8 @@ def test_sketched_adagrad_streamed_equals_general(monkeypatch, rng, stream, kw):
             grads.append(base[i % 6].copy())
         else:
             grads.append(np.zeros(d) if i % 5 == 4 else rng.standard_normal(d))
-    ps1, st1, calls = _run(grads, True, monkeypatch, rank=r, eps=1e-3, **kw)
-    ps0, st0, _ = _run(grads, False, monkeypatch, rank=r, eps=1e-3, **kw)
+    ps1, st1, calls = _run(run_streamed, grads, True, rank=r, eps=1e-3, **kw)
+    ps0, st0, _ = _run(run_streamed, grads, False, rank=r, eps=1e-3, **kw)
     assert sum(calls) >= n - r - n // 5 - 1  # the streamed path took the full-sketch steps
     for a, b in zip(ps1, ps0, strict=True):
         assert rel(a, b) < 1e-9

@@ -15,25 +15,8 @@ from lowrank_precond import preconditioners as pc
 adagram_module = importlib.import_module("lowrank_precond.preconditioners.adagram")
 
 
-def _run(grads, streamed, monkeypatch, **kw):
-    calls = []
-    real = adagram_module._streamed
-
-    def spy(*args):
-        out = real(*args) if streamed else None
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(adagram_module, "_streamed", spy)
-    pre = pc.adagram(**kw)
-    state = pre.init(grads[0])
-    ps, states = [], []
-    for g in grads:
-        p, state = pre.update(g, state)
-        ps.append(np.asarray(p))
-        states.append(state)
-    monkeypatch.setattr(adagram_module, "_streamed", real)
-    return ps, states, calls
+def _run(run_streamed, grads, streamed, **kw):
+    return run_streamed(adagram_module, "_streamed", pc.adagram, grads, streamed, **kw)
 
 
 def _rel(a, b):
@@ -42,7 +25,7 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("direction", ["published", "symmetric"])
 @pytest.mark.parametrize("kind", ["random", "repeated", "zero_and_repeated"])
-def test_streamed_equals_general_path(rng, monkeypatch, kind, direction):
+def test_streamed_equals_general_path(rng, run_streamed, kind, direction):
     d, r, eps = 300, 4, 1e-3
     pool = [rng.standard_normal(d) for _ in range(3)]
     grads = []
@@ -54,8 +37,8 @@ def test_streamed_equals_general_path(rng, monkeypatch, kind, direction):
     if kind == "zero_and_repeated":
         grads[20] = np.zeros(d)
     kw = {"rank": r, "eps": eps, "direction": direction}
-    p1, s1, calls = _run(grads, True, monkeypatch, **kw)
-    p0, s0, _ = _run(grads, False, monkeypatch, **kw)
+    p1, s1, calls = _run(run_streamed, grads, True, **kw)
+    p0, s0, _ = _run(run_streamed, grads, False, **kw)
     assert sum(calls) >= 30  # the streamed path took the truncated steps
     for t, (a, b, x, y) in enumerate(zip(p1, p0, s1, s0, strict=True)):
         assert _rel(a, b) < 1e-9, t
@@ -68,20 +51,20 @@ def test_streamed_equals_general_path(rng, monkeypatch, kind, direction):
         assert s1[20] is s1[19]  # a zero gradient is no step, on either path
 
 
-def test_streamed_path_only_for_lie_trotter_published_or_symmetric(monkeypatch, rng):
+def test_streamed_path_only_for_lie_trotter_published_or_symmetric(run_streamed, rng):
     grads = [rng.standard_normal(50) for _ in range(8)]
     for kw in ({"direction": "newton"}, {"order": 2}, {"integrator": "truncated_svd"}):
-        _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1, **kw)
+        _, _, calls = _run(run_streamed, grads, True, rank=3, eps=0.1, **kw)
         assert not calls
-    _, _, calls = _run(grads, True, monkeypatch, rank=3, eps=0.1)
+    _, _, calls = _run(run_streamed, grads, True, rank=3, eps=0.1)
     assert calls and all(calls)
 
 
-def test_float32_parameter_streamed(monkeypatch, rng):
+def test_float32_parameter_streamed(run_streamed, rng):
     """float32 gradients reach the streamed step uncast; the result matches the general path."""
     grads = [rng.standard_normal(200).astype(np.float32) for _ in range(20)]
-    p1, s1, calls = _run(grads, True, monkeypatch, rank=4, eps=1e-2)
-    p0, s0, _ = _run(grads, False, monkeypatch, rank=4, eps=1e-2)
+    p1, s1, calls = _run(run_streamed, grads, True, rank=4, eps=1e-2)
+    p0, s0, _ = _run(run_streamed, grads, False, rank=4, eps=1e-2)
     assert any(calls) and p1[-1].dtype == np.float32 and s1[-1].U.dtype == np.float64
     for a, b in zip(p1, p0, strict=True):
         assert _rel(a.astype(np.float64), b.astype(np.float64)) <= 2.0**-22
