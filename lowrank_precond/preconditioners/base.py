@@ -54,6 +54,11 @@ class Preconditioner:
         dtype and backend.
     hyperparams : dict
         The validated arguments of the factory (for logging and ``repr``).
+    update_unchecked : callable
+        ``update`` without the checks of the public entry point (finite gradient of the
+        state's size, finite direction): for wrappers that have already checked their inputs
+        once (the ``torch.optim`` classes check every group's gradients together). Defaults
+        to ``update``.
 
     Examples
     --------
@@ -72,6 +77,11 @@ class Preconditioner:
     init: InitFn
     update: UpdateFn
     hyperparams: dict[str, Any] = field(default_factory=dict)
+    update_unchecked: UpdateFn | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.update_unchecked is None:
+            object.__setattr__(self, "update_unchecked", self.update)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
