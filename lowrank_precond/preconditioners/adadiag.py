@@ -24,7 +24,11 @@ from lowrank_precond.preconditioners._common import (
     is_refresh_step,
     matrix_layout,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = ["AdaDiagState", "AdaDiagTwoSidedState", "adadiag"]
 
@@ -226,6 +230,7 @@ def adadiag(
         t = state.t + 1
         M = ema(state.M, Gt, b1)
         V = ema(state.V, Gt * Gt, b2)
+        check_statistic("V", V)
         N = adam_ratio(xp, M, V, t, betas, eps)
         if two_sided:
             direction = (P @ N) @ Q.T
@@ -235,10 +240,10 @@ def adadiag(
             new = AdaDiagState(t=t, M=M, V=V, P=P)
         return lay.from_matrix(direction), new
 
-    return Preconditioner(
+    return make_preconditioner(
         "adadiag",
         init,
-        guard_nonfinite(update, nonfinite),
+        update,
         {
             "two_sided": two_sided,
             "update_freq": update_freq,

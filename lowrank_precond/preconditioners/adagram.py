@@ -46,7 +46,11 @@ from lowrank_precond.preconditioners._common import (
     ema,
     flat_grad,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -279,6 +283,7 @@ def _streamed(
     fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
     fields["t"] = state.t + 1
     fields["sumsq"] = state.sumsq + gnorm * gnorm
+    check_statistic("sumsq", fields["sumsq"])
     fields["last_rho"] = ratio * ratio
     return _Updated(old, _StreamedInfo(res.nu, res.direction)), fields
 
@@ -318,6 +323,7 @@ def _advance(
     fields = dict(factors)
     fields["t"] = state.t + 1
     fields["sumsq"] = state.sumsq + gnorm * gnorm
+    check_statistic("sumsq", fields["sumsq"])
     fields["last_rho"] = ratio * ratio
     return _Updated(old, info, plus), fields
 
@@ -575,7 +581,7 @@ def adagram(
 
     hyper = core.hyperparams()
     hyper["nonfinite"] = nonfinite
-    return Preconditioner("adagram", init, guard_nonfinite(update, nonfinite), hyper)
+    return make_preconditioner("adagram", init, update, hyper)
 
 
 # --------------------------------------------------------------------------- adamgram
@@ -684,4 +690,4 @@ def adamgram(
 
     hyper = core.hyperparams()
     hyper.update(betas=(b1, b2), nonfinite=nonfinite)
-    return Preconditioner("adamgram", init, guard_nonfinite(update, nonfinite), hyper)
+    return make_preconditioner("adamgram", init, update, hyper)

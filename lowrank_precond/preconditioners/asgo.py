@@ -22,7 +22,11 @@ from lowrank_precond.preconditioners._common import (
     is_refresh_step,
     matrix_layout,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = ["ASGOMomentumState", "ASGOState", "SIDES", "asgo"]
 
@@ -190,6 +194,7 @@ def asgo(
         G = lay.to_matrix(grad)
         GGt = G @ G.T
         V = state.V + GGt if beta2 is None else ema(state.V, GGt, beta2)
+        check_statistic("V", V)
         R = inverse_root(V, eps) if is_refresh_step(state.t, update_freq) else state.R
         t = state.t + 1
         if momentum:
@@ -200,10 +205,10 @@ def asgo(
             new = ASGOState(t=t, V=V, R=R)
         return lay.from_matrix(R @ B), new
 
-    return Preconditioner(
+    return make_preconditioner(
         "asgo",
         init,
-        guard_nonfinite(update, nonfinite),
+        update,
         {
             "update_freq": update_freq,
             "eps": eps,

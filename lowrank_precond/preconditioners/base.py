@@ -19,16 +19,26 @@ zero direction and the very same state object.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lowrank_precond.backends import all_finite, array_namespace, check_floating, check_in
+from lowrank_precond.backends import (
+    all_finite,
+    array_namespace,
+    check_floating,
+    check_in,
+    quiet_floating_point,
+)
 
 __all__ = [
     "NONFINITE",
+    "NonFiniteStep",
+    "check_statistic",
     "Preconditioner",
     "guard_nonfinite",
+    "make_preconditioner",
     "state_from_dict",
     "state_to_dict",
 ]
@@ -88,34 +98,116 @@ class Preconditioner:
         return f"{self.name}({args})"
 
 
+def _norm(xp: Any, g: Any) -> float:
+    """``|g|`` as a Python float, rescaled when the plain norm overflows (``inf`` for NaN/inf)."""
+    n = float(xp.linalg.vector_norm(g))
+    if math.isfinite(n) or not all_finite(g):
+        return n
+    m = float(xp.max(xp.abs(g)))
+    return m * float(xp.linalg.vector_norm(g / m))
+
+
+def _overflow_bound(xp: Any, dtype: Any) -> float:
+    """Largest ``|g|`` whose square (and a few sums of squares) the working dtype can hold."""
+    halves = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
+    if any(dtype == h for h in halves):
+        dtype = xp.float32  # half-precision arithmetic is done in float32
+    return math.sqrt(float(xp.finfo(dtype).max)) / 4.0
+
+
+class NonFiniteStep(FloatingPointError):
+    """Raised inside a step whose accumulated statistics overflowed (see :func:`check_statistic`).
+
+    :func:`guard_nonfinite` turns it into the method's ``nonfinite`` behaviour; it never
+    reaches a caller of a checked ``update``.
+    """
+
+
+def check_statistic(name: str, value: Any) -> None:
+    """Raise :class:`NonFiniteStep` unless the new statistic ``value`` (array or float) is finite.
+
+    Called by a step right after it accumulates ``g^2`` or ``g g^T`` into ``value``, before
+    anything is derived from it (an eigendecomposition of a matrix holding ``inf`` would fail
+    with a less useful error).
+    """
+    ok = math.isfinite(value) if isinstance(value, (int, float)) else all_finite(value)
+    if not ok:
+        raise NonFiniteStep(f"grad: the accumulated statistics ({name}) overflowed to inf")
+
+
 def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
-    """Wrap ``update`` so that a gradient with NaN/inf never reaches the state.
+    """Wrap ``update`` (the unchecked step) in the checks of the public entry point.
+
+    One mechanism for every method, so that a bad step is one event with one behaviour:
+
+    1. ``grad`` must be a real floating array (``TypeError`` otherwise);
+    2. a *non-finite step* is a gradient with NaN/inf, a finite gradient so large that its
+       square overflows the working dtype (``|g| >= sqrt(finfo.max) / 4``: every method
+       accumulates ``g g^T`` or ``g^2``), a step whose accumulated statistics overflow
+       (the step raises :class:`NonFiniteStep`, see :func:`check_statistic`), or a step whose
+       direction comes out NaN/inf;
+    3. on a non-finite step, ``nonfinite="raise"`` raises ``FloatingPointError`` and
+       ``"skip"`` returns ``zeros_like(grad)`` and the very same ``state`` object; either way
+       the state is bit-identical (``update`` never writes into the state it receives).
 
     Parameters
     ----------
     update : callable
-        ``update(grad, state) -> (direction, state)``, called only on finite gradients.
+        ``update(grad, state) -> (direction, state)``, the method's step without checks.
     nonfinite : {"raise", "skip"}
-        ``"raise"``: ``FloatingPointError``; ``"skip"``: return ``zeros_like(grad)`` and the
-        unchanged ``state`` (the same object, so it is bit-identical).
+        What a non-finite step does (above).
     """
     check_in("nonfinite", nonfinite, NONFINITE)
 
-    def guarded(grad: Any, state: Any) -> tuple[Any, Any]:
-        check_floating("grad", grad)
-        if all_finite(grad):
-            return update(grad, state)
+    def reject(grad: Any, state: Any, why: str) -> tuple[Any, Any]:
         if nonfinite == "raise":
             raise FloatingPointError(
-                "grad: contains NaN or inf; the preconditioner state was left unchanged "
-                "(pass nonfinite='skip' to skip such steps)"
+                f"{why}; the preconditioner state was left unchanged (pass "
+                "nonfinite='skip' to skip such steps)"
             )
-        xp = array_namespace(grad)
-        return xp.zeros_like(grad), state
+        return array_namespace(grad).zeros_like(grad), state
+
+    def guarded(grad: Any, state: Any) -> tuple[Any, Any]:
+        xp = check_floating("grad", grad)
+        with quiet_floating_point(grad):
+            n = _norm(xp, grad)
+        if not math.isfinite(n):
+            return reject(grad, state, "grad: contains NaN or inf")
+        bound = _overflow_bound(xp, grad.dtype)
+        if n >= bound:
+            return reject(
+                grad, state,
+                f"grad: |grad| = {n:.3g} is too large for {grad.dtype} arithmetic (its square "
+                f"overflows; the largest accepted norm is {bound:.3g}): rescale the loss",
+            )
+        try:
+            with quiet_floating_point(grad):
+                direction, new = update(grad, state)
+        except NonFiniteStep as exc:
+            return reject(grad, state, str(exc))  # noqa: B904 (re-raised below, chained)
+        if not all_finite(direction):
+            return reject(grad, state, "direction: the step overflowed to NaN or inf")
+        return direction, new
 
     guarded.__doc__ = update.__doc__
     guarded.__name__ = getattr(update, "__name__", "update")
     return guarded
+
+
+def make_preconditioner(
+    name: str,
+    init: InitFn,
+    update: UpdateFn,
+    hyperparams: dict[str, Any],
+) -> Preconditioner:
+    """The :class:`Preconditioner` of a factory: ``update`` checked once, at this entry point.
+
+    ``update`` is the method's unchecked step (it becomes
+    :attr:`Preconditioner.update_unchecked`); the public ``update`` is
+    :func:`guard_nonfinite` of it with ``hyperparams["nonfinite"]``.
+    """
+    guarded = guard_nonfinite(update, hyperparams["nonfinite"])
+    return Preconditioner(name, init, guarded, hyperparams, update_unchecked=update)
 
 
 def state_to_dict(state: Any) -> dict[str, Any]:

@@ -19,7 +19,11 @@ from lowrank_precond.preconditioners._common import (
     check_param,
     ema,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = ["AdaGradState", "AdamState", "adagrad", "adam"]
 
@@ -112,13 +116,14 @@ def adagrad(
         check_grad_like(grad, state.h)
         xp = array_namespace(grad)
         h = state.h + grad * grad
+        check_statistic("h", h)
         denom = xp.sqrt(h + eps) if eps_inside_sqrt else xp.sqrt(h) + eps
         return grad / denom, AdaGradState(t=state.t + 1, h=h)
 
-    return Preconditioner(
+    return make_preconditioner(
         "adagrad",
         init,
-        guard_nonfinite(update, nonfinite),
+        update,
         {"eps": eps, "eps_inside_sqrt": eps_inside_sqrt, "nonfinite": nonfinite},
     )
 
@@ -185,9 +190,9 @@ def adam(
         v = ema(state.v, grad * grad, b2)
         return adam_ratio(xp, m, v, t, betas, eps), AdamState(t=t, m=m, v=v)
 
-    return Preconditioner(
+    return make_preconditioner(
         "adam",
         init,
-        guard_nonfinite(update, nonfinite),
+        update,
         {"betas": betas, "eps": eps, "nonfinite": nonfinite},
     )

@@ -13,7 +13,11 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_int, device_of
 from lowrank_precond.linalg import inverse_root
 from lowrank_precond.preconditioners._common import check_eps, check_param, flat_grad
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = ["DEFAULT_MAX_DIM", "FullMatrixAdaGradState", "full_matrix_adagrad"]
 
@@ -107,12 +111,13 @@ def full_matrix_adagrad(
         d = int(state.G.shape[0])
         g = flat_grad(grad, d)
         G = state.G + xp.reshape(g, (d, 1)) * xp.reshape(g, (1, d))
+        check_statistic("G", G)
         direction = inverse_root(G, eps) @ g
         return xp.reshape(direction, grad.shape), FullMatrixAdaGradState(t=state.t + 1, G=G)
 
-    return Preconditioner(
+    return make_preconditioner(
         "full_matrix_adagrad",
         init,
-        guard_nonfinite(update, nonfinite),
+        update,
         {"eps": eps, "max_dim": max_dim, "nonfinite": nonfinite},
     )

@@ -31,7 +31,11 @@ from lowrank_precond.preconditioners._common import (
     ema,
     flat_grad,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, guard_nonfinite
+from lowrank_precond.preconditioners.base import (
+    Preconditioner,
+    check_statistic,
+    make_preconditioner,
+)
 
 __all__ = ["SketchedAdaGradState", "sketched_adagrad"]
 
@@ -190,6 +194,8 @@ def sketched_adagrad(
             )
             if streamed is not None:
                 new_sk = streamed.sketch
+                check_statistic("sig2", new_sk.sig2)
+                check_statistic("rho", new_sk.rho)
                 new = SketchedAdaGradState(t=t, U=new_sk.U, sig2=new_sk.sig2, rho=new_sk.rho,
                                            m=state.m)
                 return xp.reshape(streamed.direction, tuple(grad.shape)), new
@@ -198,6 +204,8 @@ def sketched_adagrad(
         if fed is sketch and b1 == 0.0 and b2 == 0.0:  # g = 0 and no moments: no step
             return xp.zeros_like(grad), state
         sketch = fed
+        check_statistic("sig2", sketch.sig2)
+        check_statistic("rho", sketch.rho)
         m = state.m
         if b1 > 0.0:
             m = ema(m, g, b1)
@@ -220,4 +228,4 @@ def sketched_adagrad(
         "betas": (b1, b2),
         "nonfinite": nonfinite,
     }
-    return Preconditioner("sketched_adagrad", init, guard_nonfinite(update, nonfinite), hyper)
+    return make_preconditioner("sketched_adagrad", init, update, hyper)
