@@ -1,6 +1,6 @@
 """Generalized linear models: families, objectives ``fun(w) -> (loss, grad)``, real data sets.
 
-ALGORITHMS.md section E. The losses are written against the array API standard, so NumPy,
+Theory: :ref:`theory-glm-losses`. The losses are written against the array API standard, so NumPy,
 PyTorch, CuPy (and ``array_api_strict``) arrays go in and the same kind comes out.
 
 Public names

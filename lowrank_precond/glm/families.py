@@ -15,7 +15,7 @@ family                  mean loss ``f(z)``                        ``df/dz`` (per
 ``poisson``             ``mean(e(z) - y z)``                       ``exp(min(z, zmax)) - y``
 ======================  ========================================  =========================
 
-The math is ALGORITHMS.md section E, written against the array API standard, so NumPy,
+The math is :ref:`theory-glm-losses`, written against the array API standard, so NumPy,
 PyTorch, CuPy and ``array_api_strict`` arrays go in and the same kind comes out. Every loss
 and gradient is finite at ``|z| = 1000`` in float64 and float32:
 
@@ -187,7 +187,7 @@ class Logistic(Family):
     """Binary logistic regression (Bernoulli, logit link).
 
     Loss ``mean(softplus(z) - y z)`` with ``y in {0, 1}``; gradient in ``z``:
-    ``(sigmoid(z) - y) / n``. ALGORITHMS.md E [E04, E05].
+    ``(sigmoid(z) - y) / n``. :ref:`theory-glm-losses` [E04, E05].
 
     Parameters
     ----------
@@ -265,7 +265,7 @@ class Multinomial(Family):
     Loss ``mean_i(lse(Z_i) - Z_{i, c_i})`` with ``Z = A W``; gradient in ``Z``:
     ``(softmax(Z) - onehot(c)) / n``. Without L2 the loss is invariant to
     ``W + v 1_K^T`` (the Hessian is singular); the gradient of the penalised objective
-    satisfies ``grad @ 1_K = lam W 1_K``. ALGORITHMS.md E [E06].
+    satisfies ``grad @ 1_K = lam W 1_K``. :ref:`theory-glm-losses` [E06].
 
     Parameters
     ----------
@@ -393,7 +393,7 @@ class Poisson(Family):
     Loss ``mean(e(z) - y z)`` (``log y!`` dropped), ``e(z) = exp(z)`` for ``z <= zmax`` and
     ``exp(zmax) (1 + z - zmax)`` above; gradient in ``z``: ``(exp(min(z, zmax)) - y) / n``,
     the exact derivative of the loss. ``zmax = 30`` keeps ``e`` finite in float32 for any
-    finite ``z``. ALGORITHMS.md E [E06].
+    finite ``z``. :ref:`theory-glm-losses` [E06].
 
     Parameters
     ----------

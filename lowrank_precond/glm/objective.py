@@ -6,7 +6,7 @@ labels ``y`` ``(n,)`` is
     ``F(w) = mean_{i in B} loss_i(z_i) + lam/2 |coef|^2``,  ``z = A coef + intercept``
 
 over the rows ``B`` of one call (all rows for full batch, one minibatch otherwise); see
-:func:`objective`. ALGORITHMS.md section E.
+:func:`objective`. Theory: :ref:`theory-glm-losses`.
 """
 
 from __future__ import annotations
@@ -367,7 +367,7 @@ def objective(
     """The GLM objective ``fun(w) -> (loss, grad)`` of ``family`` on ``(A, y)``.
 
     ``F(w) = mean_{i in B} loss(z_i, y_i) + lam/2 |coef|^2`` with ``z = A coef + b``, where
-    ``B`` is all rows (full batch) or the next minibatch. ALGORITHMS.md section E.
+    ``B`` is all rows (full batch) or the next minibatch. Theory: :ref:`theory-glm-losses`.
 
     Parameters
     ----------

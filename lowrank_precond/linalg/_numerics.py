@@ -17,8 +17,8 @@ __all__ = ["scaled_norm"]
 def scaled_norm(x: Any) -> Any:
     """Overflow- and underflow-safe Euclidean norm of all entries of ``x``, as a 0-d array.
 
-    ``m * ||x / m||`` with ``m = max|x_i|`` (ALGORITHMS.md A.6): the squares of ``x / m`` lie
-    in ``[0, 1]``, so the result is accurate from the smallest subnormal up to
+    ``m * ||x / m||`` with ``m = max|x_i|`` (:ref:`theory-adagram-numerics`): the squares of
+    ``x / m`` lie in ``[0, 1]``, so the result is accurate from the smallest subnormal up to
     ``max_float / sqrt(x.size)`` (a plain ``sqrt(sum x_i^2)`` overflows for ``|x| > 1.8e19``
     and underflows for ``|x| < 1e-19`` in float32). Exactly ``0`` iff ``x`` is all zeros;
     ``inf``/``nan`` entries give an ``inf``/``nan`` result without a warning.

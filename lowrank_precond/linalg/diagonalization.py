@@ -6,7 +6,7 @@ the results cast back to float32: the factorizations cost O(m^2 n) / O(m^3) eith
 float64 core keeps an ``eps`` below the float32 ulp of ``diag(V)`` (ASGO) and the orthogonality
 of the bases at float32 rounding.
 
-References: ALGORITHMS.md sections C (AdaDiag, arXiv 2502.07488) and D (ASGO, arXiv 2503.20762).
+References: :ref:`theory-adadiag` (arXiv 2502.07488) and :ref:`theory-asgo` (arXiv 2503.20762).
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ def svd_basis(G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any
     Parameters
     ----------
     G : array, shape (m, n) with ``1 <= m <= n``, real floating
-        The short side comes first: AdaDiag works with ``m <= n`` (ALGORITHMS.md C), so a tall
+        The short side comes first: AdaDiag works with ``m <= n`` (:ref:`theory-adadiag`), so a tall
         parameter must be passed transposed (``svd_basis(G.T)``); ``m > n`` raises
         ``ValueError`` rather than transposing silently, because the caller must then also
         transpose its moments and its update. Must be finite.
     full : bool, default True
         ``True``: ``Q`` is the full orthogonal ``(n, n)`` basis (``full_matrices=True``). This
         is what the two-sided method needs: a thin ``Q`` drops the part of *later* gradients
-        outside the current row space (29 % in ALGORITHMS.md [C01], pitfall (i)).
+        outside the current row space (29 % in [C01], :ref:`theory-adadiag`).
         ``False``: ``Q`` is the thin ``(n, m)`` factor (enough for one-sided AdaDiag, which
         uses only ``P``; O(m n) memory instead of O(n^2)).
     align_to : array ``P_old`` of shape (m, m), or tuple ``(P_old, Q_old)``, optional
@@ -107,7 +107,7 @@ def svd_basis(G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any
 
     References
     ----------
-    ALGORITHMS.md section C (invariants [C01]-[C03]); AdaDiag, arXiv 2502.07488, Algorithm 1.
+    :ref:`theory-adadiag` (invariants [C01]-[C03]); AdaDiag, arXiv 2502.07488, Algorithm 1.
 
     Examples
     --------
@@ -207,7 +207,7 @@ def inverse_root(V: Any, eps: float, power: float = 0.5) -> Any:
 
     References
     ----------
-    ALGORITHMS.md section D (invariant [D01]); ASGO, arXiv 2503.20762.
+    :ref:`theory-asgo` (invariant [D01]); ASGO, arXiv 2503.20762.
 
     Examples
     --------

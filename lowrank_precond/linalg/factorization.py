@@ -1,4 +1,4 @@
-"""AdaGram's rank-one inverse-factor update and its three directions (ALGORITHMS.md A, B.3).
+"""AdaGram's rank-one inverse-factor update and its three directions.
 
 Full-matrix AdaGrad keeps ``G_t = eps*I + sum_{s<=t} g_s g_s^T``. AdaGram keeps a
 (non-symmetric) factor ``L_t`` with ``L_t L_t^T = G_t`` through its inverse
@@ -7,23 +7,26 @@ Full-matrix AdaGrad keeps ``G_t = eps*I + sum_{s<=t} g_s g_s^T``. AdaGram keeps 
 
 so ``M`` is low-rank: :class:`~lowrank_precond.linalg.Factored` ``P Q^T`` (exact, one column
 per accepted step) or :class:`~lowrank_precond.linalg.LowRank` ``U S V^T`` (after
-truncation, B). For any such ``M`` the matrix it represents is
+truncation, :ref:`theory-integrators`). For any such ``M`` the matrix it represents is
 ``G = eps (I - M)^{-1} (I - M)^{-T}``, and this module provides
 
-* :func:`rank_one_increment` -- the rank-one term ``x y^T`` of one step (A.3), for either
-  container (the truncated mode feeds it to an integrator);
+* :func:`rank_one_increment` -- the rank-one term ``x y^T`` of one step
+  (:ref:`theory-adagram-step`), for either container (the truncated mode feeds it to an
+  integrator);
 * :func:`inverse_factor_update` -- the exact step ``P <- [P, x]``, ``Q <- [Q, y]``;
 * :func:`published_direction` ``L^{-1} g``, :func:`symmetric_direction` ``G^{-1/2} g`` (the
-  true full-matrix AdaGrad step) and :func:`newton_direction` ``G^{-1} g`` (A.4);
-* :func:`factor_health` -- the singular values of ``I - M`` (B.3), whose healthy range is
-  ``[sqrt(eps/(eps + sum_s |g_s|^2)), 1]`` (A10).
+  true full-matrix AdaGrad step) and :func:`newton_direction` ``G^{-1} g``
+  (:ref:`theory-adagram-directions`);
+* :func:`factor_health` -- the singular values of ``I - M`` (:ref:`theory-truncation`), whose
+  healthy range is ``[sqrt(eps/(eps + sum_s |g_s|^2)), 1]`` [A10].
 
 No function forms a ``d x d`` matrix; the work is O(d k) except the symmetric direction and
 :func:`factor_health` (O(d k^2) for one Householder QR of ``[P Q]`` plus O(k^3)).
 
 References
 ----------
-ALGORITHMS.md sections A.1-A.7 and B.1/B.3; AdaGram: arXiv 2508.21106.
+:ref:`theory-adagram`, :ref:`theory-integrators-warmup`, :ref:`theory-truncation`; the
+checks [A01]-[A15] are listed in :ref:`theory-checks`. AdaGram: arXiv 2508.21106.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class IncrementInfo:
-    """The quantities of one AdaGram step (ALGORITHMS.md A.3), from :func:`rank_one_increment`.
+    """The quantities of one AdaGram step, from :func:`rank_one_increment`.
+
+    Theory: :ref:`theory-adagram-step`.
 
     Attributes
     ----------
@@ -146,7 +151,10 @@ def _check_inputs(name: str, M: Any, g: Any, eps: Any) -> tuple[Any, float]:
 
 
 def _increment(xp: Any, M: Any, g: Any, eps: float) -> IncrementInfo:
-    """A.3 for validated inputs: one host synchronisation (``nu``), no state written."""
+    """One AdaGram increment (docs/theory.rst#theory-adagram-step) for validated inputs.
+
+    One host synchronisation (``nu``), no state written.
+    """
     root = math.sqrt(eps)
     finite = xp.isfinite(g)
     all_finite = xp.all(finite)
@@ -176,7 +184,9 @@ def _increment(xp: Any, M: Any, g: Any, eps: float) -> IncrementInfo:
 
 
 def rank_one_increment(M: Any, g: Any, eps: float) -> IncrementInfo:
-    """The rank-one term ``x y^T`` that one gradient adds to ``M`` (ALGORITHMS.md A.3, B.1).
+    """The rank-one term ``x y^T`` that one gradient adds to ``M``.
+
+    Theory: :ref:`theory-adagram-step`, :ref:`theory-integrators-warmup`.
 
     With the current (old) ``M = M_{t-1}``::
 
@@ -214,7 +224,8 @@ def rank_one_increment(M: Any, g: Any, eps: float) -> IncrementInfo:
     -----
     Cost O(d k) and exactly one device-to-host transfer (``nu``, which also carries the
     finiteness test of ``g``). ``s = hypot(1, nu)`` and the scaled norm keep every quantity
-    finite for ``|g|`` from the smallest subnormal to ``~max_float / sqrt(d)`` (A.6).
+    finite for ``|g|`` from the smallest subnormal to ``~max_float / sqrt(d)``
+    (:ref:`theory-adagram-numerics`).
 
     Examples
     --------
@@ -236,7 +247,9 @@ def rank_one_increment(M: Any, g: Any, eps: float) -> IncrementInfo:
 def inverse_factor_update(
     state: Factored, g: Any, eps: float, *, balance: bool = True
 ) -> tuple[Factored, IncrementInfo]:
-    """One exact AdaGram step: append the rank-one term of ``g`` to ``M = P Q^T`` (A.3).
+    """One exact AdaGram step: append the rank-one term of ``g`` to ``M = P Q^T``.
+
+    Theory: :ref:`theory-adagram-step`.
 
     ``M_t = M_{t-1} + x y^T`` with ``x, y`` from :func:`rank_one_increment`; the new state is
     ``Factored([P, x'], [Q, y'])`` with ``x' y'^T = x y^T``, so that afterwards
@@ -252,10 +265,11 @@ def inverse_factor_update(
         ``> 0``.
     balance : bool, default True
         Store the pair rescaled to equal norms, ``x' = x c``, ``y' = y / c`` with
-        ``c = sqrt(|y|/|x|)`` (A.6: ``|x| ~ 1/nu`` and ``|y| ~ nu`` otherwise). ``M`` is the
+        ``c = sqrt(|y|/|x|)`` (``|x| ~ 1/nu`` and ``|y| ~ nu`` otherwise,
+        :ref:`theory-adagram-numerics`). ``M`` is the
         same; the columns stay ``O(|x y^T|^{1/2}) <= O(1)``, so later products ``Q^T g`` do
         not overflow in float32 even for ``|g| ~ 1e19``. ``False`` appends ``x`` and ``y``
-        exactly as A.3 writes them.
+        exactly as :ref:`theory-adagram-step` writes them.
 
     Returns
     -------
@@ -276,8 +290,8 @@ def inverse_factor_update(
     Notes
     -----
     ``nu == 0`` (``g = 0``, or ``gbar = 0``) returns the unchanged ``state`` object and
-    ``info.skipped = True`` [A09]. Memory grows by ``2d`` per accepted step (A.5): cap ``k``
-    and switch to a ``LowRank`` (``recompress``) for long runs.
+    ``info.skipped = True`` [A09]. Memory grows by ``2d`` per accepted step
+    (:ref:`theory-costs`): cap ``k`` and switch to a ``LowRank`` (``recompress``) for long runs.
 
     Examples
     --------
@@ -323,7 +337,9 @@ def inverse_factor_update(
 
 
 def published_direction(M: Any, g: Any, eps: float) -> Any:
-    """The published AdaGram direction ``L^{-1} g = eps^{-1/2} (g - M g)`` (A.4.1).
+    """The published AdaGram direction ``L^{-1} g = eps^{-1/2} (g - M g)``.
+
+    Theory: :ref:`theory-adagram-directions`.
 
     Parameters
     ----------
@@ -343,8 +359,8 @@ def published_direction(M: Any, g: Any, eps: float) -> Any:
     Notes
     -----
     ``L = G^{1/2} O`` is not symmetric, so this is the AdaGrad step rotated by ``O^T``; it can
-    point uphill (A.4, [A13]). Use :func:`symmetric_direction` for the true full-matrix
-    AdaGrad step.
+    point uphill (:ref:`theory-adagram-directions`, [A13]). Use :func:`symmetric_direction`
+    for the true full-matrix AdaGrad step.
 
     Examples
     --------
@@ -361,7 +377,9 @@ def published_direction(M: Any, g: Any, eps: float) -> Any:
 
 
 def newton_direction(M: Any, g: Any, eps: float) -> Any:
-    """The Newton-like direction ``G^{-1} g = eps^{-1} (I - M)^T (I - M) g`` (A.4.3).
+    """The Newton-like direction ``G^{-1} g = eps^{-1} (I - M)^T (I - M) g``.
+
+    Theory: :ref:`theory-adagram-directions`.
 
     Parameters
     ----------
@@ -396,9 +414,11 @@ def newton_direction(M: Any, g: Any, eps: float) -> Any:
 
 
 def _core(xp: Any, M: Any) -> tuple[Any, Any] | None:
-    """``Z`` ``(d, q)`` and ``C = I_q - m`` (core dtype) with ``I - M = I - Z m Z^T`` (A.4.2).
+    """``Z`` ``(d, q)`` and ``C = I_q - m`` (core dtype) with ``I - M = I - Z m Z^T``.
 
-    ``Z R = qr([P Q])`` (Householder: ``[P Q]`` has rank ``k``, not ``2k`` [A11], A.6), so
+    The symmetric direction of docs/theory.rst#theory-adagram-directions.
+
+    ``Z R = qr([P Q])`` (Householder: ``[P Q]`` has rank ``k``, not ``2k`` [A11]), so
     ``M = Z (R[:, :k] R[:, k:]^T) Z^T``; for ``LowRank`` the blocks are ``[U V]`` and the core
     is ``R[:, :r] S R[:, r:]^T``. ``None`` when ``M`` has no columns (``M = 0``).
     """
@@ -432,7 +452,9 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
 
 
 def symmetric_direction(M: Any, g: Any, eps: float, clip: tuple[float, float] | None = None) -> Any:
-    """The full-matrix AdaGrad step ``G^{-1/2} g = eps^{-1/2} |I - M| g`` (A.4.2).
+    """The full-matrix AdaGrad step ``G^{-1/2} g = eps^{-1/2} |I - M| g``.
+
+    Theory: :ref:`theory-adagram-directions`.
 
     ``G = eps (I - M)^{-1}(I - M)^{-T}`` gives ``G^{-1/2} = eps^{-1/2} ((I-M)^T (I-M))^{1/2}
     = eps^{-1/2} |I - M|``. With ``Z R = qr([P Q])`` (``[U V]`` for ``LowRank``),
@@ -446,17 +468,19 @@ def symmetric_direction(M: Any, g: Any, eps: float, clip: tuple[float, float] | 
     M : Factored or LowRank
         The updated matrix ``M_t``, shape ``(d, d)``, ``k`` (or ``r``) columns; ``k = 0``
         gives ``g / sqrt(eps)``. For the truncated-mode direction of
-        ``M^+ = U S V^T + x y^T`` (B.1) pass ``Factored(concat([U S, x]), concat([V, y]))``.
+        ``M^+ = U S V^T + x y^T`` (:ref:`theory-integrators-warmup`) pass
+        ``Factored(concat([U S, x]), concat([V, y]))``.
     g : array, shape (d,)
         Same backend, device and floating dtype as ``M``.
     eps : float
         ``> 0``.
     clip : (float, float), optional
-        ``(lo, hi)`` with ``0 <= lo <= 1 <= hi``: clip ``sig`` into ``[lo, hi]`` first (B.3
-        remedy for a truncated factor). Use ``(sqrt(eps/(eps + sumsq)), 1.0)``, the interval
-        an exact factor satisfies [A10]. The other ``d - q`` singular values of ``I - M`` are
-        exactly 1 and already inside, so the result is ``eps^{-1/2} V clip(Sigma) V^T g``
-        for the full SVD ``I - M = W Sigma V^T``. ``None`` (default): no clipping.
+        ``(lo, hi)`` with ``0 <= lo <= 1 <= hi``: clip ``sig`` into ``[lo, hi]`` first (a
+        remedy for a truncated factor, :ref:`theory-truncation`). Use
+        ``(sqrt(eps/(eps + sumsq)), 1.0)``, the interval an exact factor satisfies [A10]. The
+        other ``d - q`` singular values of ``I - M`` are exactly 1 and already inside, so the
+        result is ``eps^{-1/2} V clip(Sigma) V^T g`` for the full SVD ``I - M = W Sigma V^T``.
+        ``None`` (default): no clipping.
 
     Returns
     -------
@@ -512,7 +536,9 @@ def symmetric_direction(M: Any, g: Any, eps: float, clip: tuple[float, float] | 
 
 
 def factor_health(M: Any) -> Any:
-    """Singular values of the core ``I_q - m`` of ``I - M`` in the ``Z`` basis (B.3).
+    """Singular values of the core ``I_q - m`` of ``I - M`` in the ``Z`` basis.
+
+    Theory: :ref:`theory-truncation`.
 
     With ``Z R = qr([P Q])`` (``[U V]`` for ``LowRank``), ``I - M = Z (I_q - m) Z^T +
     (I - Z Z^T)``, so these are the nontrivial singular values of ``I - M`` (the other

@@ -1,23 +1,28 @@
-"""Rank-r integrators: absorb a rank-one increment ``x y^T`` into ``M = U S V^T`` (ALGORITHMS.md B).
+"""Rank-r integrators: absorb a rank-one increment ``x y^T`` into ``M = U S V^T``.
+
+Theory: :ref:`theory-integrators`.
 
 Each integrator takes a :class:`~lowrank_precond.linalg.lowrank.LowRank` ``(U, S, V)`` with
 orthonormal ``U, V`` ``(d, r)`` and returns a new ``LowRank`` approximating
 ``U S V^T + x y^T`` in O(d r^2) flops and O(d r) memory; no ``d x d`` array is formed.
 
-- :func:`truncated_svd` -- the best rank-``rank`` approximation (B.2.1);
-- :func:`projector_splitting` -- projector splitting (KSL), Lie--Trotter or Strang (B.2.2);
+- :func:`truncated_svd` -- the best rank-``rank`` approximation (:ref:`theory-integrator-svd`);
+- :func:`projector_splitting` -- projector splitting (KSL), Lie--Trotter or Strang
+  (:ref:`theory-integrator-ksl`);
 - :func:`basis_update_galerkin` -- basis update & Galerkin (BUG), fixed rank or rank-adaptive
-  (B.2.3);
-- :func:`recompress` -- the switch from the exact ``P Q^T`` to ``U S V^T`` (B.1).
+  (:ref:`theory-integrator-bug`);
+- :func:`recompress` -- the switch from the exact ``P Q^T`` to ``U S V^T``
+  (:ref:`theory-integrators-warmup`).
 
 How they are computed
 ---------------------
 All three integrators act inside ``span[U, x]`` and ``span[V, y]``: every K-, L- and
-Galerkin quantity of B.2 is a combination of ``U`` and ``x`` (resp. ``V`` and ``y``). So each
-step is
+Galerkin quantity of the integrators is a combination of ``U`` and ``x`` (resp. ``V`` and
+``y``). So each step is
 
 1. one Gram pass per side: ``Bu = [U x] Ru^{-1}`` is an orthonormal basis of ``span[U, x]``
-   from the exact ``(r+1) x (r+1)`` Gram matrix (B.4's closed-form Gram idea, made exact:
+   from the exact ``(r+1) x (r+1)`` Gram matrix (the closed-form Gram idea of
+   :ref:`theory-streamed-ksl`, made exact:
    computing ``U^T U`` as well also corrects any loss of orthonormality ``U`` carries, so it
    does not accumulate over steps). Ill-conditioned ``[U x]`` (``x`` nearly in ``span U``)
    falls back to CholeskyQR2 / Householder QR of ``[U x]`` (:mod:`.kernels`);
@@ -152,7 +157,7 @@ def _svd_step(xp: Any, st: _Step, Z: Any, Cu: Any, Cv: Any, keep: int, rank: int
 
 # --------------------------------------------------------------------------- integrators
 def truncated_svd(lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
-    """Best rank-``rank`` approximation of ``U S V^T + x y^T`` (ALGORITHMS.md B.2.1).
+    """Best rank-``rank`` approximation of ``U S V^T + x y^T`` (:ref:`theory-integrator-svd`).
 
     ``Bu Ru = qr([U, x])``, ``Bv Rv = qr([V, y])`` (implicit bases from one Gram pass each,
     see the module notes), then the SVD of the ``(r+1) x (r+1)`` core
@@ -203,7 +208,7 @@ def truncated_svd(lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
 
 
 def projector_splitting(lowrank: LowRank, x: Any, y: Any, order: int = 1) -> LowRank:
-    """Projector-splitting (KSL) integrator for ``U S V^T + x y^T`` (ALGORITHMS.md B.2.2).
+    """Projector-splitting (KSL) integrator for ``U S V^T + x y^T`` (:ref:`theory-integrator-ksl`).
 
     Lie--Trotter (``order=1``), K -> S -> L with ``w = V^T y``::
 
@@ -289,7 +294,9 @@ def basis_update_galerkin(
     tol: float = 0.0,
     max_rank: int | None = None,
 ) -> LowRank:
-    """Basis-update & Galerkin (BUG) integrator for ``U S V^T + x y^T`` (ALGORITHMS.md B.2.3).
+    """Basis-update & Galerkin (BUG) integrator for ``U S V^T + x y^T``.
+
+    Theory: :ref:`theory-integrator-bug`.
 
     Both bases from the old factors, then the Galerkin core (``w = V^T y``, ``z0 = U^T x``)::
 
@@ -400,7 +407,9 @@ def _adaptive_rank(sig: list[float], tol: float, cap: int) -> int:
 
 
 def recompress(factored: Factored, rank: int) -> LowRank:
-    """Convert the exact ``M = P Q^T`` to ``U S V^T`` of rank ``rank`` (ALGORITHMS.md B.1).
+    """Convert the exact ``M = P Q^T`` to ``U S V^T`` of rank ``rank``.
+
+    Theory: :ref:`theory-integrators-warmup`.
 
     ``Qp Rp = qr(P)``, ``Qq Rq = qr(Q)`` (:func:`~lowrank_precond.linalg.kernels.qr_tall`:
     CholeskyQR2, Householder when ``P`` or ``Q`` is rank deficient or ill-conditioned),

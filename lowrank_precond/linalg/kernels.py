@@ -1,4 +1,7 @@
-"""Tall-skinny kernels shared by the integrators (ALGORITHMS.md 0, A.6, B.2, B.4).
+"""Tall-skinny kernels shared by the integrators.
+
+Theory: :ref:`theory-notation` (thin QR), :ref:`theory-adagram-numerics`,
+:ref:`theory-integrators-methods`, :ref:`theory-streamed-ksl`.
 
 Public
 ------
@@ -8,7 +11,7 @@ of a ``d x k`` matrix (``k`` up to a few dozen) by CholeskyQR2 with a Householde
 Private, shared with :mod:`~lowrank_precond.linalg.integrators`
 --------------------------------------------------------------
 Every O(d) operation of the integrators is one of two row-local kernels, so that rows could
-later be sharded with one all-reduce of a small matrix per step (DESIGN.md):
+later be sharded with one all-reduce of a small matrix per step:
 
 - ``_gram(A, x)``: the Gram matrix of ``[A x]`` (a reduction, accumulated in the core dtype);
 - ``_combine(A, x, W)``: the tall product ``[A x] @ W`` (a map, one write per output).
@@ -34,7 +37,8 @@ small Cholesky factor):
 - ``CHOLQR2_COND`` (float64 ``1e6``, float32 ``1e3``): CholeskyQR2 leaves ``O(u)`` when the
   first pass is accurate to ``u kappa^2 <~ 1e-4`` (float64; float32 tall products add
   ``u kappa``); above it, or if Cholesky fails, Householder QR (``xp.linalg.qr``), which is
-  orthonormal for any input, rank-deficient included (A.6: plain Cholesky-QR is not).
+  orthonormal for any input, rank-deficient included (plain Cholesky-QR is not, see
+  :ref:`theory-adagram-numerics`).
 """
 
 from __future__ import annotations
@@ -281,8 +285,8 @@ def orthonormalize(A: Any, *, return_r: bool = False) -> Any:
     equilibrated condition number, computed from the small Cholesky factor, above
     ``CHOLQR2_COND``: 1e6 for float64, 1e3 for float32), when Cholesky fails, or when the
     second pass finds ``max|Q1^T Q1 - I| > 0.1``, it falls back to Householder QR
-    (``xp.linalg.qr``), which returns orthonormal columns for every input (ALGORITHMS.md
-    A.6: Cholesky-QR alone is not safe for the rank-deficient ``[P Q]``).
+    (``xp.linalg.qr``), which returns orthonormal columns for every input (Cholesky-QR alone
+    is not safe for the rank-deficient ``[P Q]``, :ref:`theory-adagram-numerics`).
 
     Parameters
     ----------
