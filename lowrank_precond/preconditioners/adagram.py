@@ -421,7 +421,8 @@ def _output(p: Any, grad: Any) -> Any:
 _ARGS_DOC = """
     rank : int >= 1 or None
         ``None``: exact, growing ``M = P Q^T`` (memory ``2 d t``, O(d t) per step: for short
-        runs and tests; never the default). An int ``r``: exact growth for the first ``r`` accepted steps, then at
+        runs and tests; never the default). An int ``r``: exact growth for the first ``r``
+        accepted steps, then at
         the step that would make ``k = r + 1`` the exact state is converted with
         ``recompress(P Q^T, r)`` and from then on the integrator advances ``U S V^T`` every step
         (memory ``2 d r``, O(d r^2) per step; B.1). A parameter with ``d <= rank`` uses rank
@@ -437,7 +438,8 @@ _ARGS_DOC = """
         published, for reproducing the paper; not symmetric, can point uphill [A13]: measured
         on the bundled data at rank 5, 16 of 300 steps uphill on diabetes least squares and 8
         of 300 on digits, against none for ``"symmetric"``, which also reached a lower
-        objective on diabetes and digits); ``"newton"``: ``G_t^{-1} v`` (ONS-like, other units: own ``lr``).
+        objective on diabetes and digits); ``"newton"``: ``G_t^{-1} v`` (ONS-like, other
+        units: own ``lr``).
         Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation (B.1).
     eps : float > 0
         ``G_0 = eps I`` (inside the root, the same eps as full-matrix AdaGrad).

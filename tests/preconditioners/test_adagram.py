@@ -334,7 +334,8 @@ def test_callable_integrator(stream, references):
         return truncated_svd(low, x, y, 5)
 
     ref, Ms, _ = references(5, "truncated_svd")
-    got, states = _run(adagram(rank=5, integrator=mine, eps=EPS, direction="published"), np.zeros(D), stream[:30])
+    pre = adagram(rank=5, integrator=mine, eps=EPS, direction="published")
+    got, states = _run(pre, np.zeros(D), stream[:30])
     _assert_close_list(got, ref["published"][:30], RTOL, "callable")
     assert calls == [5] * 25
 
@@ -440,7 +441,8 @@ def test_adamgram_exact_step_bounded(stream):
     """Exact factor: m_hat is a convex combination of g_s with g_s^T G_t^{-1} g_s < 1."""
     g_scaled = [30.0 * g for g in stream[:50]]
     for direction in ("published", "symmetric"):
-        got, _ = _run(adamgram(rank=None, eps=EPS, direction=direction, betas=(0.9, 0.0)), np.zeros(D),
+        pre = adamgram(rank=None, eps=EPS, direction=direction, betas=(0.9, 0.0))
+        got, _ = _run(pre, np.zeros(D),
                       g_scaled)
         assert max(np.linalg.norm(p) for p in got) < 1.0
 
