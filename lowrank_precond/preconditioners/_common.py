@@ -66,16 +66,19 @@ from lowrank_precond.backends import (
 __all__ = [
     "MatrixLayout",
     "adam_ratio",
+    "as_direction",
     "bias_correction",
     "check_beta",
     "check_betas",
     "check_bool",
     "check_eps",
+    "check_factor_dtype",
     "check_grad_like",
     "check_optional_beta",
     "check_param",
     "check_update_freq",
     "ema",
+    "factor_dtype_for",
     "flat_grad",
     "is_refresh_step",
     "matrix_layout",
@@ -189,6 +192,65 @@ def flat_grad(grad: Any, d: int) -> Any:
     if n != d:
         raise ValueError(f"grad: has {n} entries but the state was initialised for d={d}")
     return array_namespace(grad).reshape(grad, (d,))
+
+
+#: accepted names of ``factor_dtype``
+FACTOR_DTYPES = ("float32", "float64")
+
+
+def check_factor_dtype(name: str, factor_dtype: Any) -> str | None:
+    """Normalise ``factor_dtype`` (None, "float32"/"float64" or that dtype object) to a name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_factor_dtype("factor_dtype", np.float64), check_factor_dtype("factor_dtype", None)
+    ('float64', None)
+    """
+    if factor_dtype is None:
+        return None
+    if isinstance(factor_dtype, str):
+        label = factor_dtype
+    else:  # np.float64, np.dtype("float64"), torch.float64, array_api_strict.float64, ...
+        label = getattr(factor_dtype, "__name__", None) or str(factor_dtype)
+        label = label.rsplit(".", 1)[-1]
+    if label not in FACTOR_DTYPES:
+        raise ValueError(
+            f"{name}: expected None, 'float32' or 'float64' (or that dtype), "
+            f"got {factor_dtype!r}"
+        )
+    return label
+
+
+def factor_dtype_for(xp: Any, param_dtype: Any, factor_dtype: str | None) -> Any:
+    """The dtype of a method's stored factor and arithmetic for a parameter of ``param_dtype``.
+
+    ``factor_dtype`` (a name from :func:`check_factor_dtype`) wins; ``None`` means float64 for
+    float32 and half-precision parameters and the parameter's own dtype otherwise. Why: the
+    full-matrix directions project ``g`` off a subspace and scale the rest by
+    ``eps^{-1/2}``, so the rounding of that projection (``~u |g|``) is amplified by
+    ``eps^{-1/2}`` -- in float32 (``u = 6e-8``) at ``eps = 1e-8`` a gradient of norm 6e3
+    moved a parameter by 3-8 ``lr`` instead of at most one (:ref:`theory-adagram-numerics`).
+    """
+    if factor_dtype is not None:
+        return getattr(xp, factor_dtype)
+    low = [getattr(xp, n) for n in ("float32", "float16", "bfloat16") if hasattr(xp, n)]
+    return xp.float64 if any(param_dtype == t for t in low) else param_dtype
+
+
+def as_direction(p: Any, grad: Any) -> Any:
+    """The flat direction ``p`` (factor dtype) in ``grad``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_direction(np.ones(4), np.zeros((2, 2), dtype=np.float32)).dtype
+    dtype('float32')
+    """
+    xp = array_namespace(grad)
+    if p.dtype != grad.dtype:
+        p = xp.astype(p, grad.dtype)
+    return xp.reshape(p, tuple(grad.shape))
 
 
 # --------------------------------------------------------------------------- step rules

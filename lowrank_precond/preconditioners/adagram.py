@@ -39,11 +39,14 @@ from lowrank_precond.linalg.integrators import (
 from lowrank_precond.linalg.lowrank import Factored, LowRank
 from lowrank_precond.linalg.streaming import REFRESH_EVERY, ksl_adagram_step
 from lowrank_precond.preconditioners._common import (
+    as_direction,
     bias_correction,
     check_betas,
     check_eps,
+    check_factor_dtype,
     check_param,
     ema,
+    factor_dtype_for,
     flat_grad,
 )
 from lowrank_precond.preconditioners.base import (
@@ -65,7 +68,6 @@ __all__ = [
 DIRECTIONS = ("published", "symmetric", "newton")
 #: accepted names of ``integrator`` (a callable ``f(lowrank, x, y) -> LowRank`` also works)
 INTEGRATORS = ("truncated_svd", "projector_splitting", "basis_update_galerkin")
-_FACTOR_DTYPES = ("float32", "float64")
 
 Integrator = Callable[[LowRank, Any, Any], LowRank]
 
@@ -146,23 +148,6 @@ class AdamGramState(AdaGramState):
 
 
 # --------------------------------------------------------------------------- shared mechanism
-
-
-def _dtype_name(factor_dtype: Any) -> str | None:
-    """Normalise ``factor_dtype`` (None, "float32"/"float64" or a dtype object) to a name."""
-    if factor_dtype is None:
-        return None
-    if isinstance(factor_dtype, str):
-        name = factor_dtype
-    else:  # np.float64, np.dtype("float64"), torch.float64, array_api_strict.float64, ...
-        name = getattr(factor_dtype, "__name__", None) or str(factor_dtype)
-        name = name.rsplit(".", 1)[-1]
-    if name not in _FACTOR_DTYPES:
-        raise ValueError(
-            f"factor_dtype: expected None, 'float32' or 'float64' (or that dtype), "
-            f"got {factor_dtype!r}"
-        )
-    return name
 
 
 def _check_integrator(integrator: Any, order: int, tol: float) -> None:
@@ -362,7 +347,7 @@ class _Core:
         self.tol = check_positive("tol", tol, allow_zero=True)
         _check_integrator(integrator, self.order, self.tol)
         self.integrator = integrator
-        self.factor_dtype = _dtype_name(factor_dtype)
+        self.factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
         # adagram's truncated KSL step with the published or symmetric direction has a
         # streamed form (linalg.streaming)
         self.streamable = (
@@ -382,9 +367,7 @@ class _Core:
         }
 
     def dtype_for(self, xp: Any, param_dtype: Any) -> Any:
-        if self.factor_dtype is None:
-            return xp.float64 if param_dtype == xp.float32 else param_dtype
-        return getattr(xp, self.factor_dtype)
+        return factor_dtype_for(xp, param_dtype, self.factor_dtype)
 
     def init_fields(self, x: Any) -> dict[str, Any]:
         xp = check_param("x", x)
@@ -409,13 +392,6 @@ class _Core:
         rank = None if self.rank is None else min(self.rank, d)
         integrate = _make_integrator(self.integrator, rank or d, self.order, self.tol)
         return _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
-
-
-def _output(p: Any, grad: Any) -> Any:
-    xp = array_namespace(grad)
-    if p.dtype != grad.dtype:
-        p = xp.astype(p, grad.dtype)
-    return xp.reshape(p, tuple(grad.shape))
 
 
 _ARGS_DOC = """
@@ -576,14 +552,14 @@ def adagram(
             streamed = _streamed(state, g_raw, core.eps, core.direction, workspace)
             if streamed is not None:
                 updated, fields = streamed
-                return _output(updated.info.direction, grad), AdaGramState(**fields)
+                return as_direction(updated.info.direction, grad), AdaGramState(**fields)
         g = core.flat(grad, state)
         updated, fields = core.advance(state, g)
         if fields is None:
             xp = array_namespace(grad)
             return xp.zeros_like(grad), state
         p = _direction(updated, g, core.direction, core.eps, v_is_g=True)
-        return _output(p, grad), AdaGramState(**fields)
+        return as_direction(p, grad), AdaGramState(**fields)
 
     hyper = core.hyperparams()
     hyper["nonfinite"] = nonfinite
@@ -703,7 +679,7 @@ def adamgram(
         m = ema(state.m, g, b1)
         m_hat = m / bias_correction(b1, count)
         p = _direction(updated, m_hat, core.direction, core.eps, v_is_g=False)
-        return _output(p, grad), AdamGramState(**fields, count=count, m=m)
+        return as_direction(p, grad), AdamGramState(**fields, count=count, m=m)
 
     hyper = core.hyperparams()
     hyper.update(betas=(b1, b2), nonfinite=nonfinite)

@@ -29,6 +29,8 @@ from lowrank_precond.backends import (
     array_namespace,
     check_floating,
     check_in,
+    device_of,
+    name_of,
     quiet_floating_point,
 )
 
@@ -135,12 +137,32 @@ def check_statistic(name: str, value: Any) -> None:
         raise NonFiniteStep(f"grad: the accumulated statistics ({name}) overflowed to inf")
 
 
+def _check_same_kind(grad: Any, state: Any) -> None:
+    """``TypeError``/``ValueError`` naming ``grad`` unless it is of the state's kind and device."""
+    for f in dataclasses.fields(state):
+        held = getattr(state, f.name)
+        if isinstance(held, (int, float)) or not hasattr(held, "shape"):
+            continue
+        if name_of(grad) != name_of(held):
+            raise TypeError(
+                f"grad: a {name_of(grad)} array, but the state holds {name_of(held)} arrays "
+                "(initialise the state from a parameter of the gradient's kind)"
+            )
+        if str(device_of(grad)) != str(device_of(held)):
+            raise ValueError(
+                f"grad: on device {device_of(grad)}, but the state is on {device_of(held)} "
+                "(move one of them)"
+            )
+        return
+
+
 def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
     """Wrap ``update`` (the unchecked step) in the checks of the public entry point.
 
     One mechanism for every method, so that a bad step is one event with one behaviour:
 
-    1. ``grad`` must be a real floating array (``TypeError`` otherwise);
+    1. ``grad`` must be a real floating array of the state's kind (NumPy, torch, ...) and
+       device (``TypeError`` / ``ValueError`` naming ``grad`` otherwise);
     2. a *non-finite step* is a gradient with NaN/inf, a finite gradient so large that its
        square overflows the working dtype (``|g| >= sqrt(finfo.max) / 4``: every method
        accumulates ``g g^T`` or ``g^2``), a step whose accumulated statistics overflow
@@ -169,6 +191,7 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
 
     def guarded(grad: Any, state: Any) -> tuple[Any, Any]:
         xp = check_floating("grad", grad)
+        _check_same_kind(grad, state)
         with quiet_floating_point(grad):
             n = _norm(xp, grad)
         if not math.isfinite(n):

@@ -12,7 +12,14 @@ from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_int, device_of
 from lowrank_precond.linalg import inverse_root
-from lowrank_precond.preconditioners._common import check_eps, check_param, flat_grad
+from lowrank_precond.preconditioners._common import (
+    as_direction,
+    check_eps,
+    check_factor_dtype,
+    check_param,
+    factor_dtype_for,
+    flat_grad,
+)
 from lowrank_precond.preconditioners.base import (
     Preconditioner,
     check_statistic,
@@ -44,7 +51,10 @@ class FullMatrixAdaGradState:
 
 
 def full_matrix_adagrad(
-    eps: float = 1e-8, max_dim: int = DEFAULT_MAX_DIM, nonfinite: str = "raise"
+    eps: float = 1e-8,
+    max_dim: int = DEFAULT_MAX_DIM,
+    nonfinite: str = "raise",
+    factor_dtype: Any = None,
 ) -> Preconditioner:
     """Full-matrix AdaGrad with a dense ``d x d`` Gram matrix (ALGORITHMS.md section E).
 
@@ -67,6 +77,12 @@ def full_matrix_adagrad(
         matrix and an O(d^3) eigendecomposition every step).
     nonfinite : {"raise", "skip"}
         What ``update`` does with a gradient containing NaN/inf.
+    factor_dtype : None, "float32", "float64" (or that dtype object)
+        dtype of ``G`` and of the step's arithmetic. ``None``: float64 for float32 (and
+        half-precision) parameters, else the parameter's dtype; the direction is cast back to
+        the gradient's dtype. In float32 the product ``E diag(.) E^T g`` cancels with error
+        ``~6e-8 |g|`` that ``eps^{-1/2}`` amplifies: one gradient of norm 6e3 moved the
+        parameter by 3 ``lr`` at ``eps = 1e-8`` (the bound is 1).
 
     Returns
     -------
@@ -94,6 +110,7 @@ def full_matrix_adagrad(
     """
     eps = check_eps("eps", eps)
     max_dim = check_int("max_dim", max_dim, minimum=1)
+    factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
 
     def init(x: Any) -> FullMatrixAdaGradState:
         xp = check_param("x", x)
@@ -104,20 +121,23 @@ def full_matrix_adagrad(
                 f"eigendecomposition per step, but d={d} exceeds max_dim={max_dim}; use the "
                 "low-rank preconditioners 'adagram' or 'sketched_adagrad' (or raise max_dim)"
             )
-        return FullMatrixAdaGradState(t=0, G=xp.zeros((d, d), dtype=x.dtype, device=device_of(x)))
+        dtype = factor_dtype_for(xp, x.dtype, factor_dtype)
+        return FullMatrixAdaGradState(t=0, G=xp.zeros((d, d), dtype=dtype, device=device_of(x)))
 
     def update(grad: Any, state: FullMatrixAdaGradState) -> tuple[Any, FullMatrixAdaGradState]:
         xp = array_namespace(grad)
         d = int(state.G.shape[0])
         g = flat_grad(grad, d)
+        if g.dtype != state.G.dtype:
+            g = xp.astype(g, state.G.dtype)
         G = state.G + xp.reshape(g, (d, 1)) * xp.reshape(g, (1, d))
         check_statistic("G", G)
         direction = inverse_root(G, eps) @ g
-        return xp.reshape(direction, grad.shape), FullMatrixAdaGradState(t=state.t + 1, G=G)
+        return as_direction(direction, grad), FullMatrixAdaGradState(t=state.t + 1, G=G)
 
     return make_preconditioner(
         "full_matrix_adagrad",
         init,
         update,
-        {"eps": eps, "max_dim": max_dim, "nonfinite": nonfinite},
+        {"eps": eps, "max_dim": max_dim, "nonfinite": nonfinite, "factor_dtype": factor_dtype},
     )

@@ -23,12 +23,15 @@ from lowrank_precond.linalg.sketch import (
 )
 from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
 from lowrank_precond.preconditioners._common import (
+    as_direction,
     bias_correction,
     check_betas,
     check_bool,
     check_eps,
+    check_factor_dtype,
     check_param,
     ema,
+    factor_dtype_for,
     flat_grad,
 )
 from lowrank_precond.preconditioners.base import (
@@ -82,6 +85,7 @@ def sketched_adagrad(
     integrator: Any = None,
     betas: tuple[float, float] = (0.0, 0.0),
     nonfinite: str = "raise",
+    factor_dtype: Any = None,
 ) -> Preconditioner:
     """Full-matrix AdaGrad with a rank-``r`` Frequent-Directions sketch of the Gram matrix (F).
 
@@ -125,6 +129,14 @@ def sketched_adagrad(
     nonfinite : {"raise", "skip"}
         A gradient with NaN/inf raises ``FloatingPointError`` before touching the state, or
         (``"skip"``) gives a zero direction and the very same state.
+    factor_dtype : None, "float32", "float64" (or that dtype object)
+        dtype of the sketch (``U``, ``sig2``, ``rho``, ``m``) and of the step's arithmetic.
+        ``None``: float64 for float32 (and half-precision) parameters, else the parameter's
+        dtype; the direction is cast back to the gradient's dtype. A float32 sketch projects
+        ``g`` off ``U`` with rounding ``~6e-8 |g|``, which the step then scales by
+        ``(eps + rho)^{-1/2}``: at ``eps = 1e-8`` one gradient of norm 6e3 moved the
+        parameter by 8 ``lr`` (the bound is 1). Choose ``"float32"`` only with a large
+        ``eps``.
 
     Returns
     -------
@@ -161,6 +173,7 @@ def sketched_adagrad(
     if integrator is not None and not shrink:
         raise ValueError(f"integrator: {integrator!r} needs shrink=True")
     b1, b2 = check_betas("betas", betas)
+    factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
     # output buffers of the streamed step, recycled once no state or direction uses them
     workspace = Workspace()
 
@@ -169,16 +182,17 @@ def sketched_adagrad(
         d = math.prod(x.shape)
         if d == 0:
             raise ValueError("x: the parameter has no entries")
-        sketch = GramSketch.empty(d, like=xp.reshape(x, (d,)))
-        m = xp.zeros((d if b1 > 0 else 0,), dtype=x.dtype, device=device_of(x))
+        dtype = factor_dtype_for(xp, x.dtype, factor_dtype)
+        sketch = GramSketch.empty(d, like=xp.zeros((1,), dtype=dtype, device=device_of(x)))
+        m = xp.zeros((d if b1 > 0 else 0,), dtype=dtype, device=device_of(x))
         return SketchedAdaGradState(t=0, U=sketch.U, sig2=sketch.sig2, rho=sketch.rho, m=m)
 
     def update(grad: Any, state: SketchedAdaGradState) -> tuple[Any, SketchedAdaGradState]:
         xp = array_namespace(grad)
         d = int(state.U.shape[0])
         g = flat_grad(grad, d)
-        if grad.dtype != state.U.dtype:
-            raise TypeError(f"grad: dtype {grad.dtype} does not match the state's {state.U.dtype}")
+        if g.dtype != state.U.dtype:
+            g = xp.astype(g, state.U.dtype)
         t = state.t + 1
         sketch = state.sketch
         if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
@@ -198,7 +212,7 @@ def sketched_adagrad(
                 check_statistic("rho", new_sk.rho)
                 new = SketchedAdaGradState(t=t, U=new_sk.U, sig2=new_sk.sig2, rho=new_sk.rho,
                                            m=state.m)
-                return xp.reshape(streamed.direction, tuple(grad.shape)), new
+                return as_direction(streamed.direction, grad), new
         fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
                                  min(rank, d), shrink=shrink, integrator=integrator)
         if fed is sketch and b1 == 0.0 and b2 == 0.0:  # g = 0 and no moments: no step
@@ -218,7 +232,7 @@ def sketched_adagrad(
             applied = GramSketch(sketch.U, sketch.sig2 / c, sketch.rho / c)
         p = sketch_inverse_sqrt_apply(applied, v, eps)
         new = SketchedAdaGradState(t=t, U=sketch.U, sig2=sketch.sig2, rho=sketch.rho, m=m)
-        return xp.reshape(p, tuple(grad.shape)), new
+        return as_direction(p, grad), new
 
     hyper = {
         "rank": rank,
@@ -227,5 +241,6 @@ def sketched_adagrad(
         "integrator": integrator,
         "betas": (b1, b2),
         "nonfinite": nonfinite,
+        "factor_dtype": factor_dtype,
     }
     return make_preconditioner("sketched_adagrad", init, update, hyper)

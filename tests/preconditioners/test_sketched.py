@@ -316,8 +316,14 @@ def test_bad_parameter_and_gradient():
     state = pre.init(np.zeros(3))
     with pytest.raises(ValueError, match="grad"):
         pre.update(np.ones(2), state)
-    with pytest.raises(TypeError, match="grad"):
-        pre.update(np.ones(3, dtype=np.float32), state)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="grad: a numpy array.*torch"):
+        pre.update(np.ones(3), pre.init(torch.zeros(3, dtype=torch.float64)))
+    # a float32 gradient into a float64 sketch is computed in float64, returned in float32
+    p32, _ = pre.update(np.ones(3, dtype=np.float32), state)
+    p64, _ = pre.update(np.ones(3), state)
+    assert p32.dtype == np.float32
+    np.testing.assert_array_equal(p32, p64.astype(np.float32))
 
 
 def test_two_million_parameters():
