@@ -24,8 +24,13 @@ def test_run_rows_and_ratios():
 
 @pytest.mark.parametrize("stream", ["distinct", "repeated"])
 def test_streams_and_dense_baseline_cap(stream):
-    rows = run(dims=[300, 2500], ranks=[3], methods=["full_matrix_adagrad", "sketched_adagrad"],
-               repeat=1, stream=stream)
+    rows = run(
+        dims=[300, 2500],
+        ranks=[3],
+        methods=["full_matrix_adagrad", "sketched_adagrad"],
+        repeat=1,
+        stream=stream,
+    )
     dense = [r for r in rows if r.method == "full_matrix_adagrad"]
     assert [r.d for r in dense] == [300]  # skipped above its max_dim
     assert {r.d for r in rows if r.method == "sketched_adagrad"} == {300, 2500}
@@ -41,14 +46,115 @@ def test_bad_arguments():
 
 
 def test_cli_json_and_table(capsys):
-    assert main(["bench", "--json", "--dims", "500", "--ranks", "2", "--repeat", "1",
-                 "--methods", "adagrad,adagram ksl symmetric"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--json",
+                "--dims",
+                "500",
+                "--ranks",
+                "2",
+                "--repeat",
+                "1",
+                "--methods",
+                "adagrad,adagram ksl symmetric",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["adagrad", "adagram ksl symmetric"]
     assert {"ms", "floor_ms", "ratio_floor", "ratio_adagrad"} <= set(rows[0])
-    assert main(["bench", "--dims", "500", "--ranks", "2", "--repeat", "1",
-                 "--methods", "adagrad", "--stream", "repeated"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--dims",
+                "500",
+                "--ranks",
+                "2",
+                "--repeat",
+                "1",
+                "--methods",
+                "adagrad",
+                "--stream",
+                "repeated",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "x floor" in out and "gradients: repeated" in out
     assert main(["bench", "--dtypes", "float16", "--dims", "100"]) != 0
     assert len(METHOD_SPECS) >= 8
+
+
+def _bench_error(capsys, argv):
+    """Run ``bench argv``; return its exit code and the error line (no traceback)."""
+    try:
+        code = main(["bench", "--methods", "adagrad", "--repeat", "1", *argv])
+    except SystemExit as exc:  # argparse's parser.error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lowrank-precond bench: error: "), err
+    return code, last
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--dims", "inf"], "--dims"),
+        (["--dims", "1e13"], "--dims"),  # an integer, but no machine holds its arrays
+        (["--dims", "1.7"], "--dims"),
+        (["--dims", "nan"], "--dims"),
+        (["--dims", "0"], "--dims"),
+        (["--dims", "-5"], "--dims"),
+        (["--dims", ""], "--dims"),
+        (["--dims", "100", "--ranks", "1e400"], "--ranks"),
+        (["--dims", "100", "--ranks", "2.5"], "--ranks"),
+        (["--dims", "100", "--ranks", "-1"], "--ranks"),
+        (["--dims", "100", "--ranks", "200"], "--ranks"),
+        (["--dims", "100", "--repeat", "0"], "--repeat"),
+        (["--dims", "100", "--repeat", "nan"], "--repeat"),
+        (["--dims", "100", "--repeat", "1e15"], "--repeat"),  # a gradient per timed call
+        (["--dims", "100", "--dtypes", ""], "--dtypes"),
+        (["--dims", "100", "--device", "cuda"], "--device"),  # NumPy has no CUDA device
+    ],
+)
+def test_bad_numbers_and_devices_are_one_error_line(capsys, argv, says):
+    code, line = _bench_error(capsys, argv)
+    assert code == 2 and says in line
+
+
+def test_torch_cuda_without_cuda_is_one_error_line(capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, line = _bench_error(capsys, ["--backend", "torch", "--device", "cuda", "--dims", "100"])
+    assert code == 2 and "--device" in line and "CUDA is not available" in line
+    code, line = _bench_error(capsys, ["--backend", "torch", "--device", "gpu9", "--dims", "100"])
+    assert code == 2 and "--device" in line
+
+
+def test_scientific_integers_are_accepted(capsys):
+    assert main("bench --json --dims 1e3 --ranks 2 --repeat 1 --methods adagrad".split()) == 0
+    assert [r["d"] for r in json.loads(capsys.readouterr().out)] == [1000]
+
+
+def test_run_checks_every_size_before_timing_any(monkeypatch):
+    import lowrank_precond.cli.bench as bench
+
+    def timed(*args, **kwargs):
+        raise AssertionError("a cell was timed before the sizes were checked")
+
+    monkeypatch.setattr(bench, "_time_method", timed)
+    with pytest.raises(ValueError, match="ranks"):
+        run(dims=[100, 4], ranks=[5], methods=["adagrad"])
+    with pytest.raises(TypeError, match="dims"):
+        run(dims=[1.7], methods=["adagrad"])
+    with pytest.raises(ValueError, match="repeat"):
+        run(dims=[100], methods=["adagrad"], repeat=0)
+    with pytest.raises(ValueError, match="dims"):
+        run(dims=[10**13], methods=["adagrad"])

@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input).
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted).
 
     ``main(["compare", "--quick"])`` does what ``lowrank-precond compare --quick`` does in
     the shell (``argv=None`` reads ``sys.argv``). Bad input prints one line to stderr and
-    returns 2; ``--help`` and ``--version`` exit through ``SystemExit`` as argparse does.
+    returns 2; an interrupt (Ctrl-C) prints one line and returns 130; ``--help`` and
+    ``--version`` exit through ``SystemExit`` as argparse does.
 
     Examples
     --------
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lowrank-precond {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lowrank-precond {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,10 @@ from typing import Any
 from lowrank_precond import backends
 from lowrank_precond import preconditioners as pc
 
-__all__ = ["BenchRow", "METHOD_SPECS", "add_parser", "measure", "run"]
+__all__ = ["BenchRow", "DTYPES", "METHOD_SPECS", "add_parser", "measure", "run"]
+
+#: the dtypes ``bench`` times
+DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,98 @@ def _floor_fn(xp: Any, d: int, rank: int, dtype: Any, device: Any) -> Callable[[
         return U2, V2
 
     return copy
+
+
+def _check_device(xp: Any, backend: str, device: str | None) -> None:
+    """Raise ``ValueError`` (one line) unless ``device`` holds an array of ``backend``."""
+    if backend == "torch" and device is not None:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device: {device!r} is not a torch device ({exc})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device: {device!r} asked for, but CUDA is not available here "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+    if backend == "numpy" and device not in (None, "cpu"):
+        raise ValueError(f"device: NumPy runs on the CPU only (device 'cpu'), got {device!r}")
+    try:
+        xp.zeros((1,), device=device)
+    except Exception as exc:  # the backend's own error: no such device, no driver, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"device: {device!r} is not usable with {backend}: {first}") from None
+
+
+def _bytes_needed(d: int, rank: int, repeat: int, itemsize: int) -> int:
+    """A lower bound on the memory of one cell: the gradient pool, the floor's four ``d x r``
+    arrays and a rank-r method's ``d x r`` factor and direction."""
+    pool = rank + 3 + max(repeat, 4)
+    return itemsize * d * (pool + 5 * rank + 1)
+
+
+def _memory_total(backend: str, device: str | None) -> int | None:
+    """Total memory of the device the arrays go to, in bytes (None: unknown)."""
+    try:
+        if backend == "numpy" or (backend == "torch" and (device is None or "cuda" not in device)):
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        if backend == "torch":
+            import torch
+
+            return int(torch.cuda.mem_get_info(torch.device(device))[1])
+        if backend == "cupy":
+            import cupy
+
+            return int(cupy.cuda.Device().mem_info[1])
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+    return None
+
+
+def _check_sizes(
+    backend: str,
+    device: str | None,
+    dims: Sequence[int],
+    ranks: Sequence[int],
+    dtypes: Sequence[str],
+    repeat: int,
+) -> None:
+    """Raise before anything runs: non-integers or values < 1, a rank above a dimension, a
+    cell that cannot fit in the device's memory."""
+    from lowrank_precond.backends import check_int
+
+    if not dims or not ranks or not dtypes:
+        raise ValueError("dims/ranks/dtypes: each needs at least one value")
+    for name, values in (("dims", dims), ("ranks", ranks)):
+        for v in values:
+            check_int(name, v, minimum=1)
+    check_int("repeat", repeat, minimum=1)
+    bad = [t for t in dtypes if t not in DTYPES]
+    if bad:
+        raise ValueError(f"dtypes: expected float32/float64, got {bad}")
+    too_big = [(r, d) for d in dims for r in ranks if r > d]
+    if too_big:
+        r, d = too_big[0]
+        raise ValueError(f"ranks: rank {r} exceeds d={d}")
+    total = _memory_total(backend, device)
+    if total is None:
+        return
+    itemsize = 8 if "float64" in dtypes else 4
+    d, rank = max(dims), max(ranks)
+    here = f"the {total / 2**30:.3g} GiB of memory here"
+    need = _bytes_needed(d, rank, 1, itemsize)
+    if need > total:
+        raise ValueError(
+            f"dims: d={d} at rank {rank} needs at least {need / 2**30:.3g} GiB, more than {here}"
+        )
+    need = _bytes_needed(d, rank, repeat, itemsize)
+    if need > total:
+        raise ValueError(
+            f"repeat: {repeat} timed calls at d={d}, rank {rank} need at least "
+            f"{need / 2**30:.3g} GiB (a gradient per call), more than {here}"
+        )
 
 
 def _gradients(xp: Any, d: int, count: int, dtype: Any, device: Any, seed: int) -> list[Any]:
@@ -174,6 +271,15 @@ def run(
         ``"repeated"``: four gradients cycled, so that after the warm-up each one lies in the
         span of the stored factors (the degenerate case of the rank-r integrators).
 
+    Raises
+    ------
+    ValueError
+        Before anything is timed: a dimension, rank or ``repeat`` below 1, a rank above a
+        dimension, a size whose arrays cannot fit in the device's memory, a device the
+        backend cannot use (``"cuda"`` without CUDA), an unknown method, dtype or stream.
+    TypeError
+        A dimension, rank or ``repeat`` that is not an integer.
+
     Examples
     --------
     >>> rows = run(dims=[1000], ranks=[2], methods=["adagrad"], repeat=1)
@@ -183,6 +289,8 @@ def run(
     from tqdm.auto import tqdm
 
     xp = backends.get(backend)
+    _check_device(xp, backend, device)
+    _check_sizes(backend, device, dims, ranks, dtypes, repeat)
     specs = list(METHOD_SPECS)
     if methods is not None:
         by_label = {s.label: s for s in METHOD_SPECS}
@@ -195,8 +303,6 @@ def run(
     jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
     rows: list[BenchRow] = []
     for dtype_name, d, rank in tqdm(jobs, disable=not progress, desc="bench", unit="size"):
-        if rank > d:
-            raise ValueError(f"ranks: rank {rank} exceeds d={d}")
         dtype = getattr(xp, dtype_name)
         floor_fn = _floor_fn(xp, d, rank, dtype, device)
         pool = _gradients(xp, d, rank + 3 + max(repeat, 4), dtype, device, seed)
@@ -228,13 +334,31 @@ def run(
     return rows
 
 
-def _ints(text: str) -> list[int]:
+def _positive_int(text: str) -> int:
+    """``"1000"``, ``"1e4"`` or ``"10_000"`` as an int >= 1; anything else is an argparse error
+    (``1.7``, ``inf``, ``nan``, ``0``, ``-5``)."""
+    t = text.strip()
     try:
-        return [int(float(t)) for t in text.split(",") if t]
+        value = int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        try:
+            v = float(t)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v == int(v)):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {t!r}") from None
+        value = int(v)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {t!r}")
+    return value
+
+
+def _ints(text: str) -> list[int]:
+    """Comma-separated integers >= 1 (see :func:`_positive_int`), at least one."""
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return [_positive_int(t) for t in items]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -246,21 +370,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "diagonal AdaGrad.",
     )
     p.add_argument("--backend", default="numpy", help="numpy, torch or cupy (default numpy)")
-    p.add_argument("--device", default=None, help="device for torch, e.g. cpu or cuda")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device for torch, e.g. cpu or cuda (checked before anything runs: cuda without "
+        "CUDA is an error); NumPy: cpu only",
+    )
     p.add_argument(
         "--dims",
         type=_ints,
         default=[10_000, 100_000, 1_000_000],
-        help="comma-separated dimensions d (default 1e4,1e5,1e6)",
+        help="comma-separated dimensions d, integers >= 1 such as 1000 or 1e5 (default "
+        "1e4,1e5,1e6); a size whose arrays cannot fit in memory is refused before it runs",
     )
-    p.add_argument("--ranks", type=_ints, default=[5], help="comma-separated ranks (default 5)")
+    p.add_argument(
+        "--ranks", type=_ints, default=[5], help="comma-separated ranks, each <= d (default 5)"
+    )
     p.add_argument("--dtypes", default="float64", help="float32,float64 (default float64)")
     p.add_argument(
         "--methods",
         default=None,
         help="comma-separated labels (default all): " + ", ".join(s.label for s in METHOD_SPECS),
     )
-    p.add_argument("--repeat", type=int, default=5, help="timed calls per cell; best kept")
+    p.add_argument(
+        "--repeat", type=_positive_int, default=5, help="timed calls per cell; best kept (>= 1)"
+    )
     p.add_argument(
         "--stream",
         default="distinct",
@@ -272,6 +406,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_cli)
 
 
+#: messages of :func:`run` that name a flag (``"dims: ..."`` is reported as ``--dims: ...``)
+_FLAGS = ("dims:", "ranks:", "repeat:", "dtypes:", "device:", "methods:", "stream:")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -279,14 +417,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
     if args.backend not in ("numpy", "torch", "cupy"):
         raise UsageError(f"--backend: expected numpy, torch or cupy, got {args.backend!r}")
-    dtypes = [t for t in args.dtypes.split(",") if t]
-    bad = [t for t in dtypes if t not in ("float32", "float64")]
-    if bad:
-        raise UsageError(f"--dtypes: expected float32/float64, got {bad}")
-    if args.repeat < 1:
-        raise UsageError(f"--repeat: must be >= 1, got {args.repeat}")
-    if any(d < 1 for d in args.dims) or any(r < 1 for r in args.ranks):
-        raise UsageError("--dims/--ranks: must be positive integers")
+    dtypes = [t.strip() for t in args.dtypes.split(",") if t.strip()]
+    bad = [t for t in dtypes if t not in DTYPES]
+    if bad or not dtypes:
+        raise UsageError(f"--dtypes: expected float32/float64, got {args.dtypes!r}")
     methods = args.methods.split(",") if args.methods else None
     try:
         rows = run(
@@ -300,8 +434,15 @@ def run_cli(args: argparse.Namespace) -> int:
             progress=not args.json,
             stream=args.stream,
         )
-    except (ValueError, ImportError) as exc:
-        raise UsageError(str(exc)) from None
+    except (ValueError, TypeError, ImportError) as exc:
+        raise UsageError(f"--{exc}" if str(exc).startswith(_FLAGS) else str(exc)) from None
+    except MemoryError as exc:
+        raise UsageError(f"out of memory: {exc or 'the sizes asked for do not fit'}") from None
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, cupy's OutOfMemoryError
+        if "OutOfMemory" not in type(exc).__name__:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(f"out of memory on the device: {first}") from None
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0

@@ -1,10 +1,11 @@
 """``lowrank-precond compare``: fit a GLM on bundled real data with every method.
 
 For each method the learning rate is tuned on a log grid (every grid point is a full run; the
-winner is the run with the smallest final full-batch training loss), and the winner's run is
-reported: per epoch the training loss ``f``, the gradient norm, the suboptimality
-``f - f*``, the test accuracy (classification) or test loss (regression) and the optimizer's
-wall time (evaluations for the record excluded).
+winner is the run with the smallest final full-batch training loss), unless its ``--methods``
+entry fixes one (``adam:lr=0.01``: one run, not tuned), and the winner's run is reported: per
+epoch the training loss ``f``, the gradient norm, the suboptimality ``f - f*``, the test
+accuracy (classification) or test loss (regression) and the optimizer's wall time
+(evaluations for the record excluded).
 
 Definitions (also written into ``results.json``)
 ------------------------------------------------
@@ -21,19 +22,27 @@ steps to ``tol``
 Outputs, in ``--out`` (default ``./lowrank_precond_results``): the table on stdout and in
 ``table.txt``, ``results.json`` (every number finite, ``null`` for "never reached" or
 "diverged") and ``suboptimality.png`` (``f - f*`` on a log scale against epochs and seconds;
-needs the ``plot`` extra, matplotlib: without it the plot is skipped with one line).
+needs the ``plot`` extra, matplotlib: without it the plot is skipped with one line). The folder
+is created, and checked to be writable, before anything is computed. The files are written
+under temporary names in that folder and renamed into place together at the end, so an
+interrupted run leaves the previous results untouched (a result set is never half old, half
+new; a plot left from an earlier run is removed when this run makes none).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +59,7 @@ from lowrank_precond.optim.scipy import minimize, resolve_options
 
 __all__ = [
     "ALIASES",
+    "CONTROLLED_OPTIONS",
     "DEFAULT_METHODS",
     "TOLERANCES",
     "MethodSpec",
@@ -66,15 +76,28 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sketched_adagrad_momentum": ("sketched_adagrad", {"betas": (0.9, 0.0)}),
 }
 
-#: the methods compared when ``--methods`` is not given
+#: the methods compared when ``--methods`` is not given: the library's recommended
+#: configurations (the sketch at ``--rank`` and at ranks 1 and 2, and with momentum) next to
+#: AdaGram (both directions), the diagonal baselines and dense full-matrix AdaGrad
 DEFAULT_METHODS = (
     "adagram",
     "adagram_sym",
     "sketched_adagrad",
+    "sketched_adagrad:rank=1",
+    "sketched_adagrad:rank=2",
+    "sketched_adagrad_momentum",
     "adagrad",
     "adam",
     "full_matrix_adagrad",
 )
+
+#: driver options of :func:`lowrank_precond.minimize` that ``compare`` sets itself for every
+#: run, with the reason given when a ``--methods`` entry sets one
+CONTROLLED_OPTIONS: dict[str, str] = {
+    "maxiter": "compare runs every method for the same number of steps: use --epochs",
+    "gtol": "compare runs every method for exactly --epochs epochs (no early stop)",
+    "ftol": "compare runs every method for exactly --epochs epochs (no early stop)",
+}
 
 #: relative suboptimality levels of the "steps to" columns
 TOLERANCES = (1e-3, 1e-4, 1e-6)
@@ -99,11 +122,16 @@ PLOT_FILE = "suboptimality.png"
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One compared method: its label, the preconditioner name and the options it gets."""
+    """One compared method: its label, the preconditioner name and the options it gets.
+
+    ``lr`` is the learning rate fixed by the ``--methods`` entry (``lr=...``): that method
+    then runs once at this rate instead of being tuned on the grid. ``None``: tuned.
+    """
 
     label: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -138,7 +166,15 @@ def parse_methods(text: str, rank: int) -> list[MethodSpec]:
     ``name`` is a method of :data:`lowrank_precond.preconditioners.METHODS` or an alias of
     :data:`ALIASES`; each ``key=value`` is an option of :func:`lowrank_precond.minimize`
     for it (values are Python literals, else strings). ``rank`` is given to every method
-    that takes a ``rank`` and does not set one.
+    that takes a ``rank`` and does not set one. Every key is used or rejected:
+
+    * ``lr=V`` fixes the method's learning rate (:attr:`MethodSpec.lr`): one run at ``V``,
+      no tuning on the grid;
+    * ``weight_decay`` and the options of the method's factory are passed on;
+    * the driver options of :data:`CONTROLLED_OPTIONS` (``maxiter``, ``gtol``, ``ftol``) are
+      set by ``compare`` itself and rejected, as are unknown keys and a key given twice.
+
+    Errors are :class:`~lowrank_precond.cli.UsageError` (one line, exit code 2).
 
     Examples
     --------
@@ -146,6 +182,9 @@ def parse_methods(text: str, rank: int) -> list[MethodSpec]:
     ['adagrad', 'adagram:integrator=truncated_svd']
     >>> parse_methods("adam:betas=(0.9,0.99)", 5)[0].options
     {'betas': (0.9, 0.99)}
+    >>> spec = parse_methods("sketched_adagrad:rank=2:lr=0.5", 5)[0]
+    >>> spec.options, spec.lr
+    ({'rank': 2}, 0.5)
     """
     specs: list[MethodSpec] = []
     valid = ", ".join(list(pc.METHODS) + sorted(ALIASES))
@@ -153,27 +192,50 @@ def parse_methods(text: str, rank: int) -> list[MethodSpec]:
         if not token:
             raise UsageError(f"--methods: empty method name in {text!r}")
         name, *pairs = token.split(":")
+        name = name.strip()
         if name in ALIASES:
             method, options = ALIASES[name][0], dict(ALIASES[name][1])
         elif name in pc.METHODS:
             method, options = name, {}
         else:
             raise UsageError(f"--methods: unknown method {name!r}; expected one of {valid}")
+        given: set[str] = set()
         for pair in pairs:
             key, sep, value = pair.partition("=")
+            key = key.strip()
             if not sep or not key:
                 raise UsageError(f"--methods: {token!r}: expected key=value, got {pair!r}")
-            options[key.strip()] = _literal(value.strip())
+            if key in given:
+                raise UsageError(f"--methods: {token!r}: {key!r} is given twice")
+            if key in CONTROLLED_OPTIONS:
+                raise UsageError(
+                    f"--methods: {token!r}: {key!r} cannot be set per method; "
+                    f"{CONTROLLED_OPTIONS[key]}"
+                )
+            given.add(key)
+            options[key] = _literal(value.strip())
+        lr = options.pop("lr", None)
         if "rank" not in options and _accepts(method, "rank"):
             options["rank"] = rank
         try:
-            resolve_options(method, {**options, "lr": 1.0})
+            _, settings = resolve_options(method, {**options, "lr": 1.0 if lr is None else lr})
         except (ValueError, TypeError) as exc:
             raise UsageError(f"--methods: {token}: {exc}") from None
         if any(s.label == token for s in specs):
             raise UsageError(f"--methods: {token!r} is listed twice")
-        specs.append(MethodSpec(token, method, options))
+        specs.append(MethodSpec(token, method, options, None if lr is None else settings["lr"]))
     return specs
+
+
+def _drop_repeats(specs: list[MethodSpec]) -> list[MethodSpec]:
+    """``specs`` without entries that run the same as an earlier one (default list only:
+    ``--rank 2`` makes ``sketched_adagrad`` and ``sketched_adagrad:rank=2`` the same)."""
+    kept: list[MethodSpec] = []
+    for spec in specs:
+        key = (spec.method, repr(sorted(spec.options.items())), spec.lr)
+        if all(key != (k.method, repr(sorted(k.options.items())), k.lr) for k in kept):
+            kept.append(spec)
+    return kept
 
 
 # --------------------------------------------------------------------------- problem
@@ -357,13 +419,15 @@ def compare(
 ) -> dict[str, Any]:
     """Tune, run and score every method; return the content of ``results.json``.
 
-    ``progress(text)``, if given, is called after each (method, lr) run.
+    Each method runs at every learning rate of ``lr_grid``, or only at its
+    :attr:`MethodSpec.lr` when that is set. ``progress(text)``, if given, is called after each
+    (method, lr) run.
     """
     ref = reference_optimum(problem)
     runs: dict[str, list[Run]] = {}
     for spec in specs:
         runs[spec.label] = []
-        for lr in lr_grid:
+        for lr in lr_grid if spec.lr is None else (spec.lr,):
             runs[spec.label].append(run_method(problem, spec, lr, epochs))
             if progress is not None:
                 progress(f"{spec.label} lr={lr:g}")
@@ -391,6 +455,7 @@ def compare(
                 for r in runs[spec.label]
             ],
             "lr": None,
+            "lr_fixed": spec.lr is not None,
             "lr_on_grid_edge": None,
             "diverged": best is None,
         }
@@ -400,7 +465,9 @@ def compare(
             reach = {f"{tol:g}": _steps_to(best, rel, tol) for tol in TOLERANCES}
             entry.update(
                 lr=best.lr,
-                lr_on_grid_edge=len(grid) > 1 and best.lr in (grid[0], grid[-1]),
+                lr_on_grid_edge=spec.lr is None
+                and len(grid) > 1
+                and best.lr in (grid[0], grid[-1]),
                 final_loss=best.loss[-1],
                 final_subopt=subopt[-1],
                 final_rel_subopt=rel[-1],
@@ -446,7 +513,8 @@ def compare(
             "device": str(backends.device_of(problem.x0)),
             "lr_grid": list(lr_grid),
             "tolerances": list(TOLERANCES),
-            "lr_selection": "smallest final full-batch training loss over the grid",
+            "lr_selection": "smallest final full-batch training loss over the grid, "
+            "unless the method's entry fixes lr (lr_fixed)",
         },
         "definitions": {
             "f_star": "min(L-BFGS-B optimum of the full-batch training objective (gtol=1e-10, "
@@ -518,6 +586,7 @@ def format_table(results: dict[str, Any]) -> str:
             rows.append([m["label"], "diverged", "-", *["-"] * len(tol_heads), "-", "-"])
             continue
         lr = f"{m['lr']:.3g}" + ("*" if m["lr_on_grid_edge"] else "")
+        lr += " fixed" if m.get("lr_fixed") else ""
         steps = [_fmt(m["steps_to"][f"{t:g}"], "d") for t in st["tolerances"]]
         test = m["final_test"]
         rows.append(
@@ -547,6 +616,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines += [fmt_row(head), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)]
     if any(m.get("lr_on_grid_edge") for m in results["methods"]):
         lines.append("* chosen lr is on the edge of the grid: widen --lr-grid for a fair tuning")
+    if any(m.get("lr_fixed") for m in results["methods"]):
+        lines.append("fixed: lr set in --methods, not tuned on the grid")
     lines.append("")
     lines += [f"{m['label']}: {m['preconditioner']}" for m in results["methods"]]
     return "\n".join(lines)
@@ -579,7 +650,7 @@ def write_plot(results: dict[str, Any], path: str) -> str | None:
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{ds['name']} ({ds['family']}), tuned lr per method")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return None
 
@@ -596,7 +667,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=f"Method names: {', '.join(pc.METHODS)}; aliases: "
         + "; ".join(f"{k} = {v[0]} {v[1]}" for k, v in ALIASES.items())
         + ". Options per method: name:key=value:key=value (e.g. adagram:integrator="
-        "truncated_svd:rank=10). Data sets: " + ", ".join(datasets.names()) + ".",
+        "truncated_svd:rank=10), any option of the method's factory, plus lr=V (fixes that "
+        "method's learning rate: one run at V, not tuned on --lr-grid) and weight_decay=W; "
+        "maxiter, gtol and ftol are rejected (compare runs every method for --epochs epochs). "
+        "Data sets: " + ", ".join(datasets.names()) + ".",
     )
     p.add_argument(
         "--dataset", metavar="NAME", default=DEFAULT_DATASET, help="data set (default %(default)s)"
@@ -604,14 +678,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         metavar="LIST",
-        default=",".join(DEFAULT_METHODS),
-        help="comma-separated methods, each name[:key=value...] (default %(default)s)",
+        default=None,
+        help="comma-separated methods, each name[:key=value...], e.g. "
+        "adam:lr=0.01,sketched_adagrad:rank=2 (default " + ",".join(DEFAULT_METHODS) + ")",
     )
     p.add_argument(
         "--rank",
         metavar="R",
         default=str(DEFAULT_RANK),
-        help="rank of low-rank methods (default 5)",
+        help="rank of the low-rank methods whose entry sets none (default 5)",
     )
     p.add_argument(
         "--epochs",
@@ -701,8 +776,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--lam: must be >= 0, got {lam:g}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a folder")
+    if args.methods is None:
+        specs = _drop_repeats(parse_methods(",".join(DEFAULT_METHODS), rank))
+    else:
+        specs = parse_methods(args.methods, rank)
     return {
-        "specs": parse_methods(args.methods, rank),
+        "specs": specs,
         "epochs": epochs,
         "grid": grid,
         "batch_size": batch_size,
@@ -711,12 +790,105 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: the files of one result set, in the order they are put in place (``results.json`` last)
+OUTPUT_FILES = ("table.txt", PLOT_FILE, "results.json")
+
+
+def _temp_name(folder: str, name: str) -> str:
+    """A fresh hidden name in ``folder`` for the file to become ``name``."""
+    return os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def prepare_out(folder: str) -> None:
+    """Create ``folder`` if missing and check that a file can be written in it.
+
+    Raises :class:`~lowrank_precond.cli.UsageError` (one line, exit code 2) otherwise; run
+    before anything is computed.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot create folder {folder!r}: {exc.strerror or exc}") from None
+    probe = _temp_name(folder, "write-test")
+    try:
+        with open(probe, "x", encoding="utf-8") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write in {folder!r}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Any:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver them (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not None:  # None: a handler not installed from Python
+            old[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def write_outputs(folder: str, results: dict[str, Any], table: str) -> list[str]:
+    """Write ``table.txt``, the plot and ``results.json`` into ``folder`` all or nothing.
+
+    Every file is first written under a temporary name in ``folder``; only when all are
+    complete are they renamed (:func:`os.replace`) into place, with interrupts held for those
+    few renames, and a plot left from an earlier run is removed if this run made none. Sets
+    ``results["plot"]``. Returns the lines to print: the files of an earlier run that
+    were replaced or removed (if any) and why the plot was skipped (if it was).
+    """
+    staged: dict[str, str] = {}  # final name -> temporary path
+    try:
+        staged["table.txt"] = _temp_name(folder, "table.txt")
+        with open(staged["table.txt"], "x", encoding="utf-8") as fh:
+            fh.write(table + "\n")
+        staged[PLOT_FILE] = _temp_name(folder, PLOT_FILE)
+        skipped = write_plot(results, staged[PLOT_FILE])
+        if skipped is not None:
+            with contextlib.suppress(OSError):
+                os.remove(staged.pop(PLOT_FILE))
+        results["plot"] = None if skipped else PLOT_FILE
+        staged["results.json"] = _temp_name(folder, "results.json")
+        with open(staged["results.json"], "x", encoding="utf-8") as fh:
+            json.dump(_jsonable(results), fh, indent=1, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        lines = []
+        old = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(folder, n))]
+        if old:
+            lines.append(f"replaced the results of an earlier run in {folder}: {', '.join(old)}")
+        if skipped is not None:
+            lines.append(f"plot skipped: {skipped}")
+        with _interrupts_deferred():
+            for name in OUTPUT_FILES:
+                if name in staged:
+                    os.replace(staged.pop(name), os.path.join(folder, name))
+                elif name in old:
+                    os.remove(os.path.join(folder, name))
+        return lines
+    finally:
+        for path in staged.values():
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
 def run(args: argparse.Namespace) -> int:
     s = _settings(args)
     problem = load_problem(
         args.dataset, lam=s["lam"], batch_size=s["batch_size"], seed=s["seed"], backend=args.backend
     )
-    total = len(s["specs"]) * len(s["grid"])
+    prepare_out(args.out)
+    total = sum(len(s["grid"]) if spec.lr is None else 1 for spec in s["specs"])
     quiet = args.quiet or not sys.stderr.isatty()
     started = time.perf_counter()
     with tqdm(total=total, desc="compare", unit="run", disable=quiet, leave=False) as bar:
@@ -729,19 +901,15 @@ def run(args: argparse.Namespace) -> int:
     results["settings"]["seed"] = s["seed"]
     results["settings"]["wall_seconds"] = time.perf_counter() - started
 
-    os.makedirs(args.out, exist_ok=True)
     table = format_table(results)
     print(table)
-    with open(os.path.join(args.out, "table.txt"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
-    plot_path = os.path.join(args.out, PLOT_FILE)
-    skipped = write_plot(results, plot_path)
-    results["plot"] = None if skipped else PLOT_FILE
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(results), fh, indent=1, allow_nan=False)
-    print(f"\nwrote {os.path.join(args.out, 'results.json')}, table.txt", end="")
-    print(f", {PLOT_FILE}" if skipped is None else "")
-    if skipped is not None:
-        print(f"plot skipped: {skipped}")
+    try:
+        notes = write_outputs(args.out, results, table)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write the results in {args.out!r}: {exc}") from None
+    others = ["table.txt", *([PLOT_FILE] if results["plot"] else [])]
+    print(f"\nwrote {os.path.join(args.out, 'results.json')}, {', '.join(others)}")
+    for line in notes:
+        print(line)
     print(f"total {results['settings']['wall_seconds']:.1f} s")
     return 0
