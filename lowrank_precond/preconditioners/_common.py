@@ -289,8 +289,7 @@ def ema(average: Any, value: Any, beta: float) -> Any:
 def adam_ratio(xp: Any, m: Any, v: Any, t: int, betas: tuple[float, float], eps: float) -> Any:
     """Adam's normalised step ``(m / (1-b1^t)) / (sqrt(v) / sqrt(1-b2^t) + eps)``.
 
-    ``t >= 1`` is the number of moment updates so far; eps is outside the root (ALGORITHMS.md
-    section E). The form ``sqrt(v) / sqrt(1 - b2^t)`` is the one ``torch.optim.Adam`` uses,
+    ``t >= 1`` is the number of moment updates so far; eps is outside the root (:ref:`theory-baselines`). The form ``sqrt(v) / sqrt(1 - b2^t)`` is the one ``torch.optim.Adam`` uses,
     which keeps iterates equal to its own to rounding.
 
     Parameters

@@ -1,4 +1,4 @@
-"""AdaDiag and AdaDiag++: Adam in the singular bases of the gradient (ALGORITHMS.md section C).
+"""AdaDiag and AdaDiag++: Adam in the singular bases of the gradient (:ref:`theory-adadiag`).
 
 AdaDiag (one-sided) runs Adam on ``P^T G`` with ``P`` the left singular vectors of a recent
 gradient; AdaDiag++ (two-sided) on ``P^T G Q`` with both singular bases. The bases are
@@ -160,8 +160,8 @@ def adadiag(
 
     References
     ----------
-    AdaDiag / AdaDiag++, arXiv 2502.07488 (Algorithm 1, Proposition 1). ALGORITHMS.md
-    section C [C01]-[C04].
+    AdaDiag / AdaDiag++, arXiv 2502.07488 (Algorithm 1, Proposition 1). :ref:`theory-adadiag`
+    [C01]-[C04].
 
     Examples
     --------
@@ -216,7 +216,7 @@ def adadiag(
                 P, sig, Q = svd_basis(G, full=True, align_to=(P, Q))
                 # P^T G Q = [diag(sig), 0] exactly: use it, not the product, whose
                 # structurally-zero entries would carry rounding noise ~u|G| that N
-                # amplifies to ~u|G|/eps (ALGORITHMS.md C, pitfall (iii)).
+                # amplifies to ~u|G|/eps (docs/theory.rst#theory-adadiag, pitfall (iii)).
                 m, n = int(G.shape[0]), int(G.shape[1])
                 dev = device_of(G)
                 D = xp.eye(m, dtype=G.dtype, device=dev) * sig

@@ -1,9 +1,9 @@
 """AdaGram and AdamGram: full-matrix AdaGrad through a rank-one-updated inverse factor.
 
 AdaGram (arXiv 2508.21106) keeps ``L_t^{-1} = eps^{-1/2} (I - M_t)`` with ``L_t L_t^T = G_t =
-eps I + sum_s g_s g_s^T`` and ``M_t = M_{t-1} + x y^T`` (ALGORITHMS.md A.1). ``M`` is either
+eps I + sum_s g_s g_s^T`` and ``M_t = M_{t-1} + x y^T`` (:ref:`theory-adagram`). ``M`` is either
 kept exactly (``P Q^T``, one column pair per accepted step) or, past ``rank`` columns, as a
-rank-``r`` ``U S V^T`` advanced by a low-rank integrator (section B). The two factories share
+rank-``r`` ``U S V^T`` advanced by a low-rank integrator (:ref:`theory-integrators`). The two factories share
 one mechanism: :func:`adagram` applies the updated factor to the gradient, :func:`adamgram`
 applies the same factor to an Adam-style bias-corrected first moment of the gradients.
 
@@ -88,11 +88,11 @@ class AdaGramState:
         Number of accepted steps (gradients with ``gbar != 0``; a zero gradient is no step).
     sumsq : float
         ``sum_s |g_s|^2`` over the accepted steps (for the health bound
-        ``sv(I - M) in [sqrt(eps / (eps + sumsq)), 1]``, ALGORITHMS.md A.7 [A10]).
+        ``sv(I - M) in [sqrt(eps / (eps + sumsq)), 1]``, [A10]).
     last_rho : float
         ``rho_t = eps |gbar_t|^2 / |g_t|^2`` of the last accepted step (``0.0`` before the
         first). On an exact factor ``rho_t <= 1`` always [B14]; ``rho_t > 1`` certifies that a
-        truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed (B.3). Free:
+        truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed (:ref:`theory-truncation`). Free:
         both norms are computed by the step anyway.
     P, Q : array, shape (d, k)
         Exact form ``M = P Q^T`` (``k <= rank``, or unbounded for ``rank=None``); ``(d, 0)``
@@ -186,7 +186,7 @@ def _make_integrator(integrator: Any, rank: int, order: int, tol: float) -> Inte
 
 
 class _Updated:
-    """The updated matrix ``M^+ = M_old + x y^T`` of one step, before any truncation (B.1).
+    """The updated matrix ``M^+ = M_old + x y^T`` of one step, before any truncation (:ref:`theory-integrators-warmup`).
 
     Holds what the directions need without building anything they do not use: the published
     and newton directions of ``g`` itself are O(d) / one ``rmatvec`` of the old ``M``; the
@@ -299,7 +299,7 @@ def _advance(
             return _Updated(old, None), None
         if rank is None or old.rank < rank:  # exact growth (warm-up, or rank=None)
             factors = {"P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V}
-        else:  # this step would make k = rank + 1: recompress, then integrate (B.1)
+        else:  # this step would make k = rank + 1: recompress, then integrate (docs/theory.rst#theory-integrators-warmup)
             new = integrate(recompress(old, rank), info.x, info.y)
             factors = _empty_factors(xp, d, g.dtype, device_of(g))
             factors.update(U=new.U, S=new.S, V=new.V)
@@ -314,7 +314,7 @@ def _advance(
 
 
 def _direction(updated: _Updated, v: Any, kind: str, eps: float, *, v_is_g: bool) -> Any:
-    """Apply the preconditioner of ``M^+`` to ``v`` (A.4).
+    """Apply the preconditioner of ``M^+`` to ``v`` (:ref:`theory-adagram-directions`).
 
     ``published``: ``L^{-1} v = eps^{-1/2} (v - M^+ v)``; ``symmetric``: ``G^{-1/2} v``;
     ``newton``: ``G^{-1} v = L^{-T} L^{-1} v``. When ``v`` is the step's own gradient the
@@ -401,10 +401,10 @@ _ARGS_DOC = """
         accepted steps, then at
         the step that would make ``k = r + 1`` the exact state is converted with
         ``recompress(P Q^T, r)`` and from then on the integrator advances ``U S V^T`` every step
-        (memory ``2 d r``, O(d r^2) per step; B.1). A parameter with ``d <= rank`` uses rank
+        (memory ``2 d r``, O(d r^2) per step; :ref:`theory-integrators-warmup`). A parameter with ``d <= rank`` uses rank
         ``d``, which is exact.
     integrator : {"projector_splitting", "truncated_svd", "basis_update_galerkin"} or callable
-        How a rank-``r`` ``M`` absorbs ``x y^T`` (B.2): KSL projector splitting (``order`` 1:
+        How a rank-``r`` ``M`` absorbs ``x y^T`` (:ref:`theory-integrators-methods`): KSL projector splitting (``order`` 1:
         Lie-Trotter, 2: Strang), best rank-``r`` truncation of ``M + x y^T``, or BUG. A callable
         ``f(lowrank, x, y) -> LowRank`` is used as given (it must keep the rank bounded). Unused
         when ``rank=None``.
@@ -416,7 +416,7 @@ _ARGS_DOC = """
         of 300 on digits, against none for ``"symmetric"``, which also reached a lower
         objective on diabetes and digits); ``"newton"``: ``G_t^{-1} v`` (ONS-like, other
         units: own ``lr``).
-        Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation (B.1).
+        Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation (:ref:`theory-integrators-warmup`).
     eps : float > 0
         ``G_0 = eps I`` (inside the root, the same eps as full-matrix AdaGrad).
     order : {1, 2}
@@ -464,7 +464,7 @@ def adagram(
     nonfinite: str = "raise",
     factor_dtype: Any = None,
 ) -> Preconditioner:
-    """AdaGram: full-matrix AdaGrad through a rank-one-updated inverse factor (ALGORITHMS.md A, B).
+    """AdaGram: full-matrix AdaGrad through a rank-one-updated inverse factor.
 
     The parameter is flattened to ``d = x.size`` entries. Each accepted step, with the old
     ``M``::
@@ -490,7 +490,7 @@ def adagram(
     Preconditioner
         ``init(x) -> AdaGramState``; ``update(g, state) -> (direction, AdaGramState)`` with
         the direction in ``g``'s shape, dtype and backend. ``state.last_rho`` is a free health
-        check (``<= 1`` on exact states, B.3); ``factor_health(state.factor)`` is the O(d r^2)
+        check (``<= 1`` on exact states, :ref:`theory-truncation`); ``factor_health(state.factor)`` is the O(d r^2)
         one.
 
     Raises
@@ -502,7 +502,7 @@ def adagram(
     References
     ----------
     AdaGram, arXiv 2508.21106. Lubich & Oseledets 2014 (projector splitting); Ceruti & Lubich
-    2022 (BUG). ALGORITHMS.md A.1-A.7 and B.1-B.3.
+    2022 (BUG). :ref:`theory-adagram`, :ref:`theory-integrators`.
 
     Examples
     --------
@@ -603,12 +603,12 @@ def adamgram(
     Step bound: ``|L^{-1} v| = |G^{-1/2} v|`` for any ``v``, and on an exact factor
     ``G_t >= G_s`` with ``g_s^T G_s^{-1} g_s < 1`` [A06], so ``m_hat``, a convex combination of
     past gradients, gives ``|published| = |symmetric| < 1`` as in AdaGram. After truncation
-    ``G_t >= G_s`` can fail (B.3) and the bound is not guaranteed.
+    ``G_t >= G_s`` can fail (:ref:`theory-truncation`) and the bound is not guaranteed.
 
     .. note::
        ``rank`` has no default, and a finite ``rank`` with momentum (``betas[0] > 0``) is
        refused: directions dropped by the truncation revert to the ``eps^{-1/2}`` scale
-       (docs/theory.rst, "What truncation does to the factor"), and ``m_hat`` still has
+       :ref:`theory-truncation`, and ``m_hat`` still has
        components along them, so steps jump to ``~|m_hat| / sqrt(eps)`` (measured: step norms
        ~1e4 at ``eps = 1e-8``, d = 40, rank 5; least-squares loss from 1e2 to 1e21..1e26 in 20
        steps at rank 2 and 5). Use ``rank=None`` (exact), or the momentum variant of
@@ -630,7 +630,7 @@ def adamgram(
 
     References
     ----------
-    AdaGram / AdamGram, arXiv 2508.21106; Adam, Kingma & Ba 2015. ALGORITHMS.md A, B, E.
+    AdaGram / AdamGram, arXiv 2508.21106; Adam, Kingma & Ba 2015. :ref:`theory-adagram`, :ref:`theory-baselines`.
 
     Examples
     --------

@@ -1,4 +1,4 @@
-"""ASGO: one-sided full-matrix AdaGrad on one side of a matrix parameter (ALGORITHMS.md D).
+"""ASGO: one-sided full-matrix AdaGrad on one side of a matrix parameter (:ref:`theory-asgo`).
 
 ASGO accumulates ``V = sum G G^T`` on one side of a weight matrix and steps along
 ``(V + eps I)^{-1/2} G``: full-matrix AdaGrad for the rows' space at the cost of an
@@ -145,7 +145,7 @@ def asgo(
 
     References
     ----------
-    ASGO, arXiv 2503.20762. ALGORITHMS.md section D [D01]-[D03].
+    ASGO, arXiv 2503.20762. :ref:`theory-asgo` [D01]-[D03].
 
     Examples
     --------

@@ -1,4 +1,4 @@
-"""Diagonal baselines: AdaGrad and Adam (ALGORITHMS.md section E).
+"""Diagonal baselines: AdaGrad and Adam (:ref:`theory-baselines`).
 
 Both act elementwise, so they accept a parameter of any shape (0-D included) and keep their
 state in the parameter's shape, dtype and device.
@@ -91,7 +91,7 @@ def adagrad(
     References
     ----------
     Duchi, Hazan, Singer, "Adaptive subgradient methods for online learning and stochastic
-    optimization", JMLR 2011. ALGORITHMS.md section E.
+    optimization", JMLR 2011. :ref:`theory-baselines`.
 
     Examples
     --------
@@ -159,7 +159,7 @@ def adam(
     ----------
     Kingma, Ba, "Adam: a method for stochastic optimization", arXiv:1412.6980;
     Loshchilov, Hutter, "Decoupled weight decay regularization", arXiv:1711.05101.
-    ALGORITHMS.md section E [E02].
+    :ref:`theory-baselines` [E02].
 
     Examples
     --------

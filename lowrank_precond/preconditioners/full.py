@@ -56,7 +56,7 @@ def full_matrix_adagrad(
     nonfinite: str = "raise",
     factor_dtype: Any = None,
 ) -> Preconditioner:
-    """Full-matrix AdaGrad with a dense ``d x d`` Gram matrix (ALGORITHMS.md section E).
+    """Full-matrix AdaGrad with a dense ``d x d`` Gram matrix (:ref:`theory-full-matrix-adagrad`).
 
     The parameter is flattened to ``d = x.size`` entries. Each update does
     ``G <- G + g g^T`` and returns ``(eps I + G)^{-1/2} g``, computed from ``eigh(G)`` as
@@ -93,7 +93,7 @@ def full_matrix_adagrad(
 
     References
     ----------
-    Duchi, Hazan, Singer, JMLR 2011 (full-matrix AdaGrad). ALGORITHMS.md section E [E01, E03].
+    Duchi, Hazan, Singer, JMLR 2011 (full-matrix AdaGrad). :ref:`theory-full-matrix-adagrad` [E01], [E03].
 
     Examples
     --------

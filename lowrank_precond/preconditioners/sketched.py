@@ -1,6 +1,6 @@
 """Sketched full-matrix AdaGrad: a rank-r Frequent-Directions sketch of ``sum g g^T``.
 
-The state is the sketch ``G_fd = (eps + rho) I + U diag(sig2) U^T`` (ALGORITHMS.md F):
+The state is the sketch ``G_fd = (eps + rho) I + U diag(sig2) U^T`` (:ref:`theory-sketched-adagrad`):
 ``U`` ``(d, k <= r)`` orthonormal, ``sig2 >= 0``, and the escaped mass ``rho`` that Frequent
 Directions moves to the diagonal, so that ``G_exact <= G_fd <= G_exact + rho I`` (Loewner
 order, [F02]). The sketch arithmetic lives in :mod:`lowrank_precond.linalg.sketch`; this
@@ -148,7 +148,7 @@ def sketched_adagrad(
     References
     ----------
     Liberty 2013 (Frequent Directions); Ada-FD (Wan & Zhang 2021); Sketchy (Feinberg et al.
-    2023). ALGORITHMS.md section F [F01-F04].
+    2023). :ref:`theory-sketched-adagrad` [F01]-[F04].
 
     Examples
     --------
