@@ -21,6 +21,8 @@ from typing import Any
 
 import array_api_compat
 
+from lowrank_precond.backends import blas
+
 __all__ = [
     "Workspace",
     "add_into",
@@ -36,9 +38,6 @@ __all__ = [
     "single_threaded_blas",
     "stacked_parent",
 ]
-
-_CONTROLLER: Any = None
-
 
 def _kind(x: Any) -> str:
     if array_api_compat.is_numpy_array(x):
@@ -292,11 +291,9 @@ def stacked_parent(top: Any, bottom: Any) -> Any:
 def single_threaded_blas(like: Any) -> Iterator[None]:
     """Run the enclosed NumPy BLAS calls on one thread (no-op for other backends).
 
-    A row-blocked pass makes hundreds of small gemv/gemm calls per step; with OpenBLAS's
-    default thread pool each call hands work to a second thread and spin-waits for it. That
-    bought nothing on an idle 2-core machine (same wall time, twice the CPU time) and stalled
-    calls for milliseconds when the other core was busy. Uses ``threadpoolctl`` (a
-    dependency); the limit is process-wide while the block runs (~10 us to set and restore).
+    Applies to NumPy arrays and to torch CPU tensors (whose streamed step runs NumPy's
+    kernels on views of them); see :func:`lowrank_precond.backends.blas.single_threaded_blas`
+    for why, and why the limits are restored exactly when steps run in several threads.
 
     Examples
     --------
@@ -305,15 +302,10 @@ def single_threaded_blas(like: Any) -> Iterator[None]:
     ...     float(np.ones(3) @ np.ones(3))
     3.0
     """
-    global _CONTROLLER
-    if _kind(like) != "numpy":
+    if _kind(like) == "generic":
         yield
         return
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
+    with blas.single_threaded_blas():
         yield
 
 
