@@ -1,11 +1,13 @@
 """scipy-style front ends: :func:`minimize` and :func:`scipy_method`.
 
-``lowrank_precond.minimize(fun, x0, method="adagram", options={...})`` runs the
+``lowrank_precond.minimize(fun, x0, method="sketched_adagrad", options={...})`` runs the
 preconditioned gradient iteration
 
     ``x_{k+1} = x_k - lr * (p_k + weight_decay * x_k)``,  ``(p_k, state) = pre.update(g_k, state)``
 
-with any preconditioner of :mod:`lowrank_precond.preconditioners` and returns a
+with any preconditioner of :mod:`lowrank_precond.preconditioners` (by default
+``lowrank_precond.preconditioners.defaults.DEFAULT_METHOD``, sketched AdaGrad at rank 5)
+and returns a
 :class:`scipy.optimize.OptimizeResult`, following ``scipy.optimize.minimize``'s conventions
 (``fun(x, *args) -> (f, g)`` with ``jac=True``, ``options`` dict, unknown options are an error,
 ``callback(intermediate_result)`` may raise ``StopIteration``).
@@ -22,6 +24,7 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import array_api_compat
 import numpy as np
 from scipy.optimize import OptimizeResult
 
@@ -33,6 +36,7 @@ from lowrank_precond.backends import (
     check_positive,
 )
 from lowrank_precond.preconditioners.base import Preconditioner
+from lowrank_precond.preconditioners.defaults import DEFAULT_LR, DEFAULT_METHOD
 
 __all__ = [
     "DEFAULT_LR",
@@ -43,22 +47,6 @@ __all__ = [
     "resolve_options",
     "scipy_method",
 ]
-
-#: default learning rate of each method when ``options`` has no ``"lr"``: the smallest lr that
-#: won the tuning of ``lowrank-precond compare`` (full batch, 200 epochs, lr grid 1e-3 ... 10 in
-#: half decades) over the five bundled standardized data sets, rounded down; a safe start, not
-#: a tuned value: tune ``lr`` for your problem (``compare`` does it on a grid). The AdaGrad
-#: family takes larger rates than Adam's; AdaGram's published step has length < ``lr``.
-DEFAULT_LR: dict[str, float] = {
-    "adagram": 0.03,
-    "adamgram": 0.03,
-    "sketched_adagrad": 0.3,
-    "adadiag": 0.1,
-    "asgo": 0.3,
-    "adagrad": 0.3,
-    "adam": 0.1,
-    "full_matrix_adagrad": 0.3,
-}
 
 #: options that :func:`minimize` itself consumes (every other option goes to the factory)
 DRIVER_OPTIONS: dict[str, str] = {
@@ -165,10 +153,12 @@ def resolve_options(
 
 
 def _as_x0(x0: Any) -> Any:
-    """``x0`` as a floating array: arrays of a known backend stay as they are (ints -> float64
-    for NumPy); lists, tuples and scalars become 1-D-or-more NumPy float64 arrays."""
+    """A new floating array holding ``x0``: arrays of a known backend keep their kind, device
+    and dtype (ints -> float64 for NumPy); lists, tuples and scalars become 1-D-or-more NumPy
+    float64 arrays. Always a copy, so that no result (an early return included) is the
+    caller's ``x0`` object or shares its memory."""
     if isinstance(x0, np.ndarray) or not _is_array(x0):
-        x = np.asarray(x0)
+        x = np.array(x0, copy=True)
         if x.ndim == 0:
             x = x.reshape(1)
         if x.dtype.kind in "biu":
@@ -179,7 +169,9 @@ def _as_x0(x0: Any) -> Any:
     xp = array_namespace(x0)
     if not xp.isdtype(x0.dtype, "real floating"):
         raise TypeError(f"x0: expected a real floating-point array, got dtype {x0.dtype}")
-    return x0
+    if array_api_compat.is_torch_array(x0):
+        return x0.clone()  # asarray(copy=True) would warn about requires_grad
+    return xp.asarray(x0, copy=True)
 
 
 def _is_array(x: Any) -> bool:
@@ -262,7 +254,7 @@ def _check_grad(g: Any, x: Any) -> None:
 def minimize(
     fun: Callable[..., Any],
     x0: Any,
-    method: str | Preconditioner = "adagram",
+    method: str | Preconditioner = DEFAULT_METHOD,
     jac: bool | Callable[..., Any] = True,
     args: tuple[Any, ...] = (),
     options: Mapping[str, Any] | None = None,
@@ -272,10 +264,12 @@ def minimize(
 
     Iterates ``x_{k+1} = x_k - lr * (p_k + weight_decay * x_k)`` where
     ``(p_k, state) = pre.update(g_k, state)`` is the direction of the chosen preconditioner
-    (e.g. AdaGram's ``L_t^{-1} g_t``, ALGORITHMS.md A.4; full-matrix AdaGrad's
-    ``G_t^{-1/2} g_t``, section E). ``fun`` may be deterministic (full batch) or stochastic
-    (a new minibatch per call, e.g. :func:`lowrank_precond.glm.objective` with
-    ``batch_size``): one call per step.
+    (e.g. sketched AdaGrad's ``G_fd^{-1/2} g_t``, full-matrix AdaGrad's ``G_t^{-1/2} g_t``,
+    AdaGram's ``L_t^{-1} g_t``; ``docs/theory.rst`` has the formulas). With no ``method`` and
+    no ``options`` it runs the recommended default, sketched AdaGrad at rank 5 with
+    ``lr = 1.0`` for at most 1000 steps (``docs/choosing.rst`` says why). ``fun`` may be
+    deterministic (full batch) or stochastic (a new minibatch per call, e.g.
+    :func:`lowrank_precond.glm.objective` with ``batch_size``): one call per step.
 
     Parameters
     ----------
@@ -290,10 +284,12 @@ def minimize(
         Matrix-shaped ``x0`` (a multinomial ``W`` of shape ``(d, K)``) stays a matrix, which
         AdaDiag and ASGO use as such; AdaGram, sketched AdaGrad and full-matrix AdaGrad
         work on its flattened entries, diagonal methods elementwise.
-    method : str or Preconditioner, default "adagram"
-        One of :data:`lowrank_precond.preconditioners.METHODS`: ``"adagram"``,
-        ``"adamgram"``, ``"sketched_adagrad"``, ``"adadiag"``, ``"asgo"``, ``"adagrad"``,
-        ``"adam"``, ``"full_matrix_adagrad"``; or a ready
+    method : str or Preconditioner, default "sketched_adagrad"
+        ``DEFAULT_METHOD`` of :mod:`lowrank_precond.preconditioners.defaults` (sketched
+        AdaGrad at its factory's default rank, 5) when not given; or one of
+        :data:`lowrank_precond.preconditioners.METHODS`: ``"adagram"``, ``"adamgram"``,
+        ``"sketched_adagrad"``, ``"adadiag"``, ``"asgo"``, ``"adagrad"``, ``"adam"``,
+        ``"full_matrix_adagrad"``; or a ready
         :class:`~lowrank_precond.preconditioners.Preconditioner` (then ``options`` takes
         only the driver options below).
     jac : True or callable, default True
@@ -332,7 +328,8 @@ def minimize(
     Returns
     -------
     scipy.optimize.OptimizeResult
-        ``x`` (last finite iterate, ``x0``'s shape and kind), ``fun`` (float, ``f(x)``),
+        ``x`` (last finite iterate, ``x0``'s shape and kind; always a new array, never the
+        caller's ``x0``, also when no step was taken), ``fun`` (float, ``f(x)``),
         ``jac`` (``g`` at ``x``), ``nit`` (steps taken), ``nfev`` / ``njev`` (evaluations
         of ``fun`` / the gradient: ``nit + 1``, plus one when the run stopped on an
         evaluation that returned a non-finite value), ``success``, ``status`` (see :data:`STATUS`:
@@ -341,7 +338,7 @@ def minimize(
 
         A NaN or inf in ``f``, ``g`` or the new iterate stops the run at once with
         ``success=False``, ``status=3``: ``x`` is then the last iterate whose ``f`` and
-        ``g`` were finite (``x0`` itself if ``fun(x0)`` is not finite), never a NaN.
+        ``g`` were finite (a copy of ``x0`` if ``fun(x0)`` is not finite), never a NaN.
 
     Raises
     ------

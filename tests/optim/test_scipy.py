@@ -4,6 +4,7 @@ optimum of every GLM family on every bundled data set against scikit-learn."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import scipy.optimize
 import lowrank_precond as lp
 from lowrank_precond import preconditioners as pc
 from lowrank_precond.optim.scipy import DEFAULT_LR, DRIVER_OPTIONS, resolve_options
+from lowrank_precond.preconditioners.defaults import DEFAULT_METHOD
 
 
 def least_squares(rng, n=12, d=4):
@@ -23,6 +25,12 @@ def least_squares(rng, n=12, d=4):
         return 0.5 * float(r @ r), A.T @ r
 
     return A, b, fun
+
+
+def required_options(name):
+    """The factory arguments without a default (adamgram's ``rank``): the exact ``None``."""
+    params = inspect.signature(pc.get(name)).parameters
+    return {p: None for p, v in params.items() if v.default is inspect.Parameter.empty}
 
 
 def reference_iterates(fun, x0, pre, lr, steps, weight_decay=0.0):
@@ -59,6 +67,92 @@ def test_least_squares_converges_to_lstsq(rng):
     assert res.fun == f and np.array_equal(res.jac, g)
     assert res.nfev == res.njev == res.nit + 1
     assert isinstance(res, scipy.optimize.OptimizeResult)
+
+
+def test_defaults_reach_1e4_on_breast_cancer():
+    # minimize(fun, x0) with no method and no options: sketched AdaGrad, rank 5, lr 1.0
+    # (measured: stops on gtol after 819 steps at 1.1e-6; the published AdaGram it ran before
+    # left 3.9 after 1000 steps)
+    pytest.importorskip(
+        "sklearn", reason="scikit-learn not installed: pip install 'lowrank-precond[data]'"
+    )
+    from threadpoolctl import threadpool_limits
+
+    from lowrank_precond.glm import datasets, objective
+
+    A, y, _ = datasets.load("breast_cancer")
+    fun = objective("logistic", A, y, lam=1e-3)
+    x0 = fun.zeros()
+    with threadpool_limits(1):  # many tiny BLAS calls: threads only contend
+        ref = scipy.optimize.minimize(
+            fun,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 10**5, "gtol": 1e-12, "ftol": 1e-16, "maxcor": 50},
+        )
+        res = lp.minimize(fun, x0)
+    assert ref.success and np.max(np.abs(ref.jac)) <= 1e-8
+    assert res.success, res.message
+    assert (res.fun - ref.fun) / abs(ref.fun) <= 1e-4
+
+
+def test_default_method_is_the_recommended_one(rng):
+    _, _, fun = least_squares(rng)
+    x0 = rng.standard_normal(4)
+    res = lp.minimize(fun, x0, options={"maxiter": 9, "gtol": 0.0})
+    pre = pc.get(DEFAULT_METHOD)()
+    xs = reference_iterates(fun, x0, pre, DEFAULT_LR[DEFAULT_METHOD], 9)
+    assert DEFAULT_METHOD == "sketched_adagrad" and pre.hyperparams["rank"] == 5
+    assert np.array_equal(res.x, xs[-1])
+
+
+# every way minimize returns before its first step (and one after a step): x is never x0
+EARLY_RETURNS = {
+    "maxiter0": (lambda x: (0.5 * float(x @ x), x.copy()), {"maxiter": 0}),
+    "gtol_at_x0": (lambda x: (0.5 * float(x @ x), x.copy()), {"gtol": 1e300}),
+    "nonfinite_at_x0": (lambda x: (float("nan"), x.copy()), {}),
+    "overflowing_first_step": (
+        lambda x: (0.0, np.ones_like(x)),
+        {"lr": 1e308, "gtol": 0.0},
+    ),
+    "stop_after_first_step": (lambda x: (0.5 * float(x @ x), x.copy()), {"maxiter": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_RETURNS))
+def test_result_x_is_a_copy_of_x0(case):
+    fun, options = EARLY_RETURNS[case]
+    x0 = np.full(3, -1e308) if case == "overflowing_first_step" else np.array([1.0, -2.0, 3.0])
+    before = x0.copy()
+    res = lp.minimize(fun, x0, "adagrad", options=options)
+    assert res.nit == (1 if case == "stop_after_first_step" else 0)
+    assert res.x is not x0 and not np.shares_memory(res.x, x0)
+    if res.nit == 0:
+        assert np.array_equal(res.x, before)
+    res.x[...] = 7.0  # the caller's x0 is untouched
+    assert np.array_equal(x0, before)
+
+
+def test_result_x_is_a_copy_of_a_torch_x0():
+    torch = pytest.importorskip(
+        "torch", reason="torch not installed: pip install 'lowrank-precond[torch]'"
+    )
+    x0 = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    res = lp.minimize(
+        lambda x: (0.5 * float(x @ x), x.clone()), x0, "adagrad", options={"maxiter": 0}
+    )
+    assert isinstance(res.x, torch.Tensor) and res.x is not x0
+    res.x[0] = 7.0
+    assert x0.tolist() == [1.0, -2.0, 3.0]
+
+
+def test_float32_x0_copy_keeps_its_dtype():
+    x0 = np.ones(2, dtype=np.float32)
+    res = lp.minimize(
+        lambda x: (0.5 * float(x @ x), x.copy()), x0, "adagrad", options={"maxiter": 0}
+    )
+    assert res.x.dtype == np.float32 and res.x is not x0
 
 
 @pytest.mark.parametrize("method", ["adagrad", "adam", "full_matrix_adagrad", "asgo", "adadiag"])
@@ -321,7 +415,7 @@ def test_jac_false_is_refused(rng):
 def test_every_method_has_a_default_lr_and_resolves():
     assert set(DEFAULT_LR) == set(pc.METHODS)
     for name in pc.METHODS:
-        pre, settings = resolve_options(name, None)
+        pre, settings = resolve_options(name, required_options(name) or None)
         assert pre.name == name and settings["lr"] == DEFAULT_LR[name]
         assert set(settings) == set(DRIVER_OPTIONS)
 
@@ -341,7 +435,10 @@ def test_a_ready_preconditioner_is_accepted(rng):
 
 
 def vector_options(name):
-    return {"rank": 2} if "rank" in resolve_options(name, None)[0].hyperparams else {}
+    """A truncating rank 2 where the method has a rank (adamgram: its required exact rank)."""
+    if required_options(name):
+        return required_options(name)
+    return {"rank": 2} if "rank" in inspect.signature(pc.get(name)).parameters else {}
 
 
 @pytest.mark.parametrize("name", pc.METHODS)
