@@ -498,3 +498,14 @@ def test_default_methods_drop_a_repeat_made_by_rank():
     # an explicit list is run as given
     labels = [s.label for s in _specs("--rank", "2", "--methods", "adagrad,adam")]
     assert labels == ["adagrad", "adam"]
+
+
+def test_help_documents_the_method_keys_and_out(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+    assert "lr=V (fixes that method's learning rate" in text
+    assert "maxiter, gtol and ftol are rejected" in text
+    assert "checked to be writable before anything is computed" in text
+    assert "sketched_adagrad:rank=1" in text and "sketched_adagrad_momentum" in text

@@ -680,7 +680,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         default=None,
         help="comma-separated methods, each name[:key=value...], e.g. "
-        "adam:lr=0.01,sketched_adagrad:rank=2 (default " + ",".join(DEFAULT_METHODS) + ")",
+        "adam:lr=0.01,sketched_adagrad:rank=2 (default " + ", ".join(DEFAULT_METHODS) + ")",
     )
     p.add_argument(
         "--rank",
@@ -710,7 +710,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lam", metavar="LAM", default=None, help="L2 strength (default 1/n_train)")
     p.add_argument(
-        "--out", metavar="DIR", default=DEFAULT_OUT, help="output folder (default ./%(default)s)"
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        help="output folder (default ./%(default)s), created if missing and checked to be "
+        "writable before anything is computed; the files of an earlier run there are replaced "
+        "all at once at the end (never half old, half new), and a line says so",
     )
     p.add_argument(
         "--seed", metavar="S", default="0", help="seed of the train/test split and minibatches"
