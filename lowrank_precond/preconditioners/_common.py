@@ -74,6 +74,7 @@ __all__ = [
     "check_eps",
     "check_factor_dtype",
     "check_grad_like",
+    "check_grad_shape",
     "check_optional_beta",
     "check_param",
     "check_update_freq",
@@ -82,6 +83,8 @@ __all__ = [
     "flat_grad",
     "is_refresh_step",
     "matrix_layout",
+    "param_fields",
+    "param_shape",
 ]
 
 
@@ -152,11 +155,14 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_param(name: str, x: Any, ndims: tuple[int, ...] | None = None) -> Any:
-    """Check a parameter passed to ``init``: a real floating array (of an allowed ``ndim``).
+    """Check a parameter passed to ``init``: a non-empty real floating array (of an allowed
+    ``ndim``).
 
     Returns its namespace.
     """
     xp = check_floating(name, x)
+    if math.prod(x.shape) == 0:
+        raise ValueError(f"{name}: the parameter has no entries (shape {tuple(x.shape)})")
     if ndims is not None and x.ndim not in ndims:
         allowed = " or ".join(f"{k}-D" for k in ndims)
         raise ValueError(
@@ -174,6 +180,47 @@ def check_grad_like(grad: Any, like: Any) -> None:
         raise ValueError(
             f"grad: shape {tuple(grad.shape)} does not match the state, which was "
             f"initialised for shape {tuple(like.shape)}"
+        )
+
+
+def param_fields(shape: tuple[int, ...]) -> dict[str, int]:
+    """A 1-D or 2-D parameter shape as the int state fields ``param_rows``, ``param_cols``.
+
+    Examples
+    --------
+    >>> param_fields((5,)), param_fields((2, 3))
+    ({'param_rows': 5, 'param_cols': 0}, {'param_rows': 2, 'param_cols': 3})
+    """
+    if len(shape) == 0:
+        return {"param_rows": -1, "param_cols": -1}
+    return {"param_rows": int(shape[0]), "param_cols": int(shape[1]) if len(shape) == 2 else 0}
+
+
+def param_shape(rows: int, cols: int) -> tuple[int, ...]:
+    """Inverse of :func:`param_fields` (``()`` for the unknown ``-1``)."""
+    if rows < 0:
+        return ()
+    return (rows,) if cols == 0 else (rows, cols)
+
+
+def check_grad_shape(grad: Any, shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming ``grad`` unless it has the parameter's ``shape`` (``()``: unknown).
+
+    For the matrix methods, whose working matrix alone cannot tell a gradient from its
+    transpose.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_grad_shape(np.zeros((2, 3)), (3, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: grad: shape (2, 3) does not match the parameter's shape (3, 2), for which ...
+    """
+    if shape and tuple(grad.shape) != tuple(shape):
+        raise ValueError(
+            f"grad: shape {tuple(grad.shape)} does not match the parameter's shape "
+            f"{tuple(shape)}, for which the state was initialised"
         )
 
 

@@ -18,11 +18,14 @@ from lowrank_precond.preconditioners._common import (
     check_betas,
     check_bool,
     check_eps,
+    check_grad_shape,
     check_param,
     check_update_freq,
     ema,
     is_refresh_step,
     matrix_layout,
+    param_fields,
+    param_shape,
 )
 from lowrank_precond.preconditioners.base import (
     Preconditioner,
@@ -50,12 +53,23 @@ class AdaDiagState:
         bias-corrected).
     P : array, shape (m, m)
         The current left singular basis (the identity before the first update).
+    param_rows, param_cols : int
+        The parameter's shape, which ``update`` requires of the gradient: ``(param_rows,
+        param_cols)``, or ``(param_rows,)`` when ``param_cols == 0`` (a vector); ``-1`` in a
+        state saved before it was recorded (then only the working matrix's shape is checked).
     """
 
     t: int
     M: Any
     V: Any
     P: Any
+    param_rows: int = -1
+    param_cols: int = -1
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The parameter's shape (``()`` when unknown)."""
+        return param_shape(self.param_rows, self.param_cols)
 
 
 @dataclass
@@ -72,6 +86,10 @@ class AdaDiagTwoSidedState:
         Left singular basis (identity before the first update).
     Q : array, shape (n, n)
         Full right singular basis (identity before the first update).
+    param_rows, param_cols : int
+        The parameter's shape, which ``update`` requires of the gradient: ``(param_rows,
+        param_cols)``, or ``(param_rows,)`` when ``param_cols == 0`` (a vector); ``-1`` in a
+        state saved before it was recorded (then only the working matrix's shape is checked).
     """
 
     t: int
@@ -79,6 +97,13 @@ class AdaDiagTwoSidedState:
     V: Any
     P: Any
     Q: Any
+    param_rows: int = -1
+    param_cols: int = -1
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The parameter's shape (``()`` when unknown)."""
+        return param_shape(self.param_rows, self.param_cols)
 
 
 def adadiag(
@@ -197,11 +222,14 @@ def adadiag(
         P = xp.eye(m, dtype=x.dtype, device=dev)
         if two_sided:
             Q = xp.eye(n, dtype=x.dtype, device=dev)
-            return AdaDiagTwoSidedState(t=0, M=M, V=xp.zeros_like(M), P=P, Q=Q)
-        return AdaDiagState(t=0, M=M, V=xp.zeros_like(M), P=P)
+            return AdaDiagTwoSidedState(
+                t=0, M=M, V=xp.zeros_like(M), P=P, Q=Q, **param_fields(tuple(x.shape))
+            )
+        return AdaDiagState(t=0, M=M, V=xp.zeros_like(M), P=P, **param_fields(tuple(x.shape)))
 
     def update(grad: Any, state: Any) -> tuple[Any, Any]:
         xp = array_namespace(grad)
+        check_grad_shape(grad, state.param_shape)
         lay = layout_of(tuple(grad.shape)) if grad.ndim in (1, 2) else None
         if lay is None or (lay.rows, lay.cols) != tuple(state.M.shape):
             raise ValueError(
@@ -234,10 +262,10 @@ def adadiag(
         N = adam_ratio(xp, M, V, t, betas, eps)
         if two_sided:
             direction = (P @ N) @ Q.T
-            new = AdaDiagTwoSidedState(t=t, M=M, V=V, P=P, Q=Q)
+            new = AdaDiagTwoSidedState(t=t, M=M, V=V, P=P, Q=Q, **param_fields(state.param_shape))
         else:
             direction = P @ N
-            new = AdaDiagState(t=t, M=M, V=V, P=P)
+            new = AdaDiagState(t=t, M=M, V=V, P=P, **param_fields(state.param_shape))
         return lay.from_matrix(direction), new
 
     return make_preconditioner(

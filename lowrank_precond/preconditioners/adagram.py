@@ -372,8 +372,6 @@ class _Core:
     def init_fields(self, x: Any) -> dict[str, Any]:
         xp = check_param("x", x)
         d = math.prod(x.shape)
-        if d == 0:
-            raise ValueError("x: the parameter has no entries")
         fields = _empty_factors(xp, d, self.dtype_for(xp, x.dtype), device_of(x))
         fields.update(t=0, sumsq=0.0, last_rho=0.0)
         return fields

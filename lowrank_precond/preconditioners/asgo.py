@@ -15,12 +15,15 @@ from lowrank_precond.linalg import inverse_root
 from lowrank_precond.preconditioners._common import (
     check_beta,
     check_eps,
+    check_grad_shape,
     check_optional_beta,
     check_param,
     check_update_freq,
     ema,
     is_refresh_step,
     matrix_layout,
+    param_fields,
+    param_shape,
 )
 from lowrank_precond.preconditioners.base import (
     Preconditioner,
@@ -49,11 +52,22 @@ class ASGOState:
     R : array, shape (m, m)
         The cached root ``(V + eps I)^{-1/2}`` of the last refresh (``eps^{-1/2} I`` before
         the first update).
+    param_rows, param_cols : int
+        The parameter's shape, which ``update`` requires of the gradient: ``(param_rows,
+        param_cols)``, or ``(param_rows,)`` when ``param_cols == 0`` (a vector); ``-1`` in a
+        state saved before it was recorded (then only the working matrix's shape is checked).
     """
 
     t: int
     V: Any
     R: Any
+    param_rows: int = -1
+    param_cols: int = -1
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The parameter's shape (``()`` when unknown)."""
+        return param_shape(self.param_rows, self.param_cols)
 
 
 @dataclass
@@ -70,12 +84,23 @@ class ASGOMomentumState:
         The cached root ``(V + eps I)^{-1/2}``.
     B : array, shape (m, n)
         Momentum ``b1 B + (1 - b1) G`` in the working orientation (no bias correction).
+    param_rows, param_cols : int
+        The parameter's shape, which ``update`` requires of the gradient: ``(param_rows,
+        param_cols)``, or ``(param_rows,)`` when ``param_cols == 0`` (a vector); ``-1`` in a
+        state saved before it was recorded (then only the working matrix's shape is checked).
     """
 
     t: int
     V: Any
     R: Any
     B: Any
+    param_rows: int = -1
+    param_cols: int = -1
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The parameter's shape (``()`` when unknown)."""
+        return param_shape(self.param_rows, self.param_cols)
 
 
 def asgo(
@@ -179,12 +204,15 @@ def asgo(
         dev = device_of(x)
         V = xp.zeros((m, m), dtype=x.dtype, device=dev)
         R = xp.eye(m, dtype=x.dtype, device=dev) * (eps**-0.5)
+        shape = param_fields(tuple(x.shape))
         if momentum:
-            return ASGOMomentumState(t=0, V=V, R=R, B=xp.zeros((m, n), dtype=x.dtype, device=dev))
-        return ASGOState(t=0, V=V, R=R)
+            B = xp.zeros((m, n), dtype=x.dtype, device=dev)
+            return ASGOMomentumState(t=0, V=V, R=R, B=B, **shape)
+        return ASGOState(t=0, V=V, R=R, **shape)
 
     def update(grad: Any, state: Any) -> tuple[Any, Any]:
         m = int(state.V.shape[0])
+        check_grad_shape(grad, state.param_shape)
         lay = layout_of(tuple(grad.shape)) if grad.ndim in (1, 2) else None
         if lay is None or lay.rows != m or (momentum and lay.cols != int(state.B.shape[1])):
             raise ValueError(
@@ -199,10 +227,10 @@ def asgo(
         t = state.t + 1
         if momentum:
             B = ema(state.B, G, beta1)
-            new = ASGOMomentumState(t=t, V=V, R=R, B=B)
+            new = ASGOMomentumState(t=t, V=V, R=R, B=B, **param_fields(state.param_shape))
         else:
             B = G
-            new = ASGOState(t=t, V=V, R=R)
+            new = ASGOState(t=t, V=V, R=R, **param_fields(state.param_shape))
         return lay.from_matrix(R @ B), new
 
     return make_preconditioner(

@@ -239,9 +239,48 @@ def state_to_dict(state: Any) -> dict[str, Any]:
 
 
 def state_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a state of dataclass type ``cls`` from :func:`state_to_dict` output."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    """Rebuild a state of dataclass type ``cls`` from :func:`state_to_dict` output.
+
+    Raises ``ValueError`` naming ``data`` for unknown or missing fields, and ``TypeError`` for
+    a field whose value is not of its declared kind (an array, an ``int`` or a ``float``), so
+    that a corrupted or foreign checkpoint fails here and not inside the next step.
+
+    Examples
+    --------
+    >>> from lowrank_precond.preconditioners.diagonal import AdaGradState
+    >>> state_from_dict(AdaGradState, {"t": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: data: AdaGradState needs the fields ['h'], which are missing
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
         raise ValueError(f"data: unknown fields {sorted(unknown)} for {cls.__name__}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"data: {cls.__name__} needs the fields {missing}, which are missing")
+    for name, value in data.items():
+        _check_field(cls.__name__, name, fields[name].type, value)
     return cls(**data)
+
+
+def _check_field(owner: str, name: str, declared: Any, value: Any) -> None:
+    kind = declared if isinstance(declared, str) else getattr(declared, "__name__", "")
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # an array field
+        ok = hasattr(value, "shape") and hasattr(value, "dtype")
+    if not ok:
+        want = kind if kind in ("int", "float") else "an array"
+        raise TypeError(
+            f"data[{name!r}]: {owner}.{name} must be {want}, got {type(value).__name__}"
+        )

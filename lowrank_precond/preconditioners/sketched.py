@@ -180,8 +180,6 @@ def sketched_adagrad(
     def init(x: Any) -> SketchedAdaGradState:
         xp = check_param("x", x)
         d = math.prod(x.shape)
-        if d == 0:
-            raise ValueError("x: the parameter has no entries")
         dtype = factor_dtype_for(xp, x.dtype, factor_dtype)
         sketch = GramSketch.empty(d, like=xp.zeros((1,), dtype=dtype, device=device_of(x)))
         m = xp.zeros((d if b1 > 0 else 0,), dtype=dtype, device=device_of(x))
