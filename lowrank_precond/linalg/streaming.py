@@ -1,16 +1,17 @@
-"""One truncated AdaGram step with the KSL integrator in three row-blocked passes (B.4).
+"""One truncated AdaGram step with the KSL integrator in three row-blocked passes.
 
-:func:`ksl_adagram_step` fuses :func:`~lowrank_precond.linalg.rank_one_increment` (A.3) and
-:func:`~lowrank_precond.linalg.projector_splitting` (Lie--Trotter, B.2.2) for the rank-one
-increment that a gradient ``g`` adds to ``M = U S V^T``, and returns the new ``(U1, S1, V1)``
-with the published direction ``gbar / s``. Same mathematics (``U1 S1 V1^T`` and the direction
-agree to rounding), fewer passes over ``d``:
+:func:`try_ksl_adagram_step` fuses :func:`~lowrank_precond.linalg.rank_one_increment` and
+:func:`~lowrank_precond.linalg.projector_splitting` (Lie--Trotter) for the rank-one increment
+that a gradient ``g`` adds to ``M = U S V^T``, and returns the new ``(U1, S1, V1)`` with the
+published direction ``gbar / s`` (``docs/theory.rst``: :ref:`theory-adagram-step`,
+:ref:`theory-integrator-ksl`, :ref:`theory-streamed-ksl`). Same mathematics (``U1 S1 V1^T``
+and the direction agree to rounding), fewer passes over ``d``:
 
 1. ``c1 = V^T g`` and ``|g|^2`` (reads ``V, g``);
 2. ``gbar = g / sqrt(eps) - U (S c1 / sqrt(eps))``, written into the output vector, with
    ``[a1; vg] = [U V]^T gbar`` and ``n = |gbar|^2`` (reads ``U, V, g``);
 3. in between, only small matrices: because ``U, V`` are orthonormal, every Gram matrix of
-   the K and L steps is an ``r x r`` expression in ``S, a1, vg, n`` (B.4), so the two QRs are
+   the K and L steps is an ``r x r`` expression in ``S, a1, vg, n``, so the two QRs are
    Householder QRs of ``(r+1) x r`` coordinate matrices;
 4. ``U1``, ``V1`` (both rows of one ``(2r, d)`` buffer) and ``p = gbar / s`` (reads ``U, V,
    gbar``, writes ``U1, V1, p``).
@@ -18,11 +19,12 @@ agree to rounding), fewer passes over ``d``:
 Against the floor (read and write ``U`` and ``V`` once) that is two extra reads of ``V``, one
 of ``U``, and a few ``d``-vectors.
 
-**The symmetric direction** ``G^{-1/2} g`` (A.4.2) rides on the same passes: pass 1 also reads
-``U`` for ``C = U^T V``, pass 2 forms ``Y = V - U C`` block by block for the principal angles
-between ``span V`` and ``span U`` (see ``_symmetric_coefficients``), and pass 4 writes ``p =
-g / sqrt(eps) + [U V] alpha + coef gbar`` with the basis update's product (measured at d = 1e6,
-r = 5: 1.55x the published step).
+**The symmetric direction** ``G^{-1/2} g`` (:ref:`theory-adagram-directions`) rides on the
+same passes: pass 1 also reads ``U`` for ``C = U^T V``, pass 2 forms ``Y = V - U C`` block by
+block for the principal angles between ``span V`` and ``span U`` (see
+``_symmetric_coefficients``), and pass 4 writes ``p = g / sqrt(eps) + [U V] alpha + coef
+gbar`` with the basis update's product (measured at d = 1e6, r = 5: 1.55x the published
+step).
 
 **Bases without a tall QR.** ``K = U S + x w^T`` lies in ``span[U, gbar]`` and ``U`` is
 orthonormal, so ``[U, q_u]`` with ``q_u = (gbar - U a1) / h_u``, ``h_u^2 = n - |a1|^2``, is an
@@ -56,42 +58,33 @@ at no extra pass. A drift above :data:`DRIFT_LIMIT` (it would mean the factors w
 outside) makes the function decline, and the caller's general path (exact Gram matrices per
 step) takes over.
 
-**Blocks and layout.** CPU arrays (NumPy, torch) are walked in row blocks of about
+**Where it runs.** The passes run the in-place kernels that
+:func:`~lowrank_precond.backends.fused.fused_kernels` provides (NumPy arrays, and torch CPU
+tensors through zero-copy NumPy views; none for other backends, where the step declines),
+with BLAS on one thread (hundreds of small calls: a second thread only adds hand-off latency,
+and stalls when the other core is busy). Arrays are walked in row blocks of about
 :data:`BLOCK_BYTES` per factor in the reading passes and :data:`WRITE_BLOCK_BYTES` in the
-writing one, so that the few products of a block run from cache; other devices use one
-block. ``U1`` and ``V1`` are the transposed halves of one row-contiguous ``(2r, d)`` buffer
-(from the caller's :class:`~lowrank_precond.backends.blocked.Workspace` when given, which
-recycles the buffers of states nobody holds any more); the next step recognises that layout
-(:func:`~lowrank_precond.backends.blocked.stacked_parent`) and reads ``[U V]`` blocks with one
-call. In-place block writes (NumPy ``out=``, torch ``addmm``) come from
-:mod:`lowrank_precond.backends.blocked`, with plain array-API fallbacks, and NumPy's BLAS
-runs single-threaded during the step (hundreds of small calls: a second thread only adds
-hand-off latency, and stalls when the other core is busy).
+writing one, so that the few products of a block run from cache. ``U1`` and ``V1`` are the
+transposed halves of one row-contiguous ``(2r, d)`` buffer (from the caller's
+:class:`~lowrank_precond.backends.blocked.Workspace` when given); the next step recognises that
+layout and reads ``[U V]`` blocks with one call.
+
+**Declining.** :func:`try_ksl_adagram_step` returns a
+:class:`~lowrank_precond.backends.fused.Declined` (with a code and a reason) where the fused
+step does not apply; :func:`ksl_adagram_available` answers the static part of that (backend,
+dtype, ``d`` against the rank, direction) before any step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, core_dtype, device_of, name_of
-from lowrank_precond.backends.blocked import (
-    Workspace,
-    add_into,
-    axpy_into,
-    copy_into,
-    empty,
-    from_numpy_view,
-    lincomb_into,
-    numpy_views,
-    residual_into,
-    scale_into,
-    single_threaded_blas,
-    stacked_parent,
-)
+from lowrank_precond.backends import array_namespace, core_dtype, device_of
+from lowrank_precond.backends.blocked import Workspace
+from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
 from lowrank_precond.linalg.lowrank import LowRank
 
 __all__ = [
@@ -103,8 +96,11 @@ __all__ = [
     "SYMMETRIC_DRIFT_LIMIT",
     "SYM_DROP",
     "SYM_KEEP",
+    "Declined",
     "StreamedStep",
+    "ksl_adagram_available",
     "ksl_adagram_step",
+    "try_ksl_adagram_step",
 ]
 
 #: bytes of one factor block in the reading passes (rows = BLOCK_BYTES // (itemsize * r),
@@ -126,11 +122,12 @@ SYMMETRIC_DRIFT_LIMIT = 1e-12
 #: principal-angle sines kept / dropped by the symmetric direction (see ``_symmetric_coefficients``)
 SYM_KEEP, SYM_DROP = 1e-6, 1e-7
 _MIN_ROWS, _MAX_ROWS = 1024, 1 << 16
+_DIRECTIONS = ("published", "symmetric")
 
 
 @dataclass(frozen=True)
 class StreamedStep:
-    """Result of :func:`ksl_adagram_step`.
+    """Result of :func:`try_ksl_adagram_step`.
 
     Attributes
     ----------
@@ -138,8 +135,9 @@ class StreamedStep:
         ``(U1, S1, V1)``: the KSL step of ``U S V^T + x y^T`` (in the gauge of the module
         notes; ``U1 S1 V1^T`` equals :func:`~lowrank_precond.linalg.projector_splitting`'s).
     direction : array, shape (d,)
-        The direction of ``M^+ = M + x y^T`` (before truncation, B.1) in the factor dtype:
-        ``gbar / s = L_t^{-1} g`` (published, A.5) or ``G^{-1/2} g`` (symmetric, A.4.2).
+        The direction of ``M^+ = M + x y^T`` (before truncation) in the factor dtype:
+        ``gbar / s = L_t^{-1} g`` (published) or ``G^{-1/2} g`` (symmetric); see
+        :ref:`theory-adagram-directions` in ``docs/theory.rst``.
     nu : float
         ``|gbar|``.
     s : float
@@ -158,14 +156,226 @@ class StreamedStep:
     cgs2: tuple[bool, bool]
 
 
-def _row_blocks(d: int, r: int, like: Any, *, write: bool) -> list[tuple[int, int]]:
+def ksl_adagram_available(
+    like: Any, d: int, rank: int, *, dtype: Any = None, direction: str = "published"
+) -> tuple[bool, str]:
+    """Whether :func:`try_ksl_adagram_step` can run, before any step: ``(True, "")`` or
+    ``(False, reason)``.
+
+    Static conditions only: the backend and device of ``like`` (any array of the
+    parameter's backend) have fused kernels, the factor ``dtype`` (default ``like.dtype``) is
+    float32 or float64 (float64 for the symmetric direction), ``d >= 2 rank + 2``, and the
+    direction is ``'published'`` or ``'symmetric'``. A step that passes can still decline at
+    run time for reasons of the gradient's geometry (reported by
+    :func:`try_ksl_adagram_step`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ksl_adagram_available(np.zeros(1), 100, 5)
+    (True, '')
+    >>> ksl_adagram_available(np.zeros(1), 10, 5)
+    (False, 'd = 10 is below 2 rank + 2 = 12 (rank 5): too small for the fused step')
+    """
+    declined = _static_decline(like, d, rank, like.dtype if dtype is None else dtype, direction)
+    return (True, "") if declined is None else (False, declined.reason)
+
+
+def _static_decline(like: Any, d: int, r: int, dtype: Any, direction: str) -> Declined | None:
+    declined = fused_declined(like, dtype)
+    if declined is not None:
+        return declined
+    if direction not in _DIRECTIONS:
+        reason = f"direction {direction!r} has no fused step (only {_DIRECTIONS})"
+        return Declined("direction", reason)
+    if direction == "symmetric" and dtype != array_namespace(like).float64:
+        return Declined("dtype", "the symmetric direction's fused step needs float64 factors")
+    if r < 1 or d < 2 * r + 2:
+        reason = (
+            f"d = {d} is below 2 rank + 2 = {2 * r + 2} (rank {r}): too small for the fused step"
+        )
+        return Declined("size", reason)
+    return None
+
+
+def ksl_adagram_step(
+    lowrank: LowRank,
+    g: Any,
+    eps: float,
+    *,
+    refresh: bool = False,
+    direction: str = "published",
+    workspace: Workspace | None = None,
+) -> StreamedStep | None:
+    """:func:`try_ksl_adagram_step` with ``None`` in place of its
+    :class:`~lowrank_precond.backends.fused.Declined` (the reason is dropped).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((20, 2)))
+    >>> ksl_adagram_step(LowRank(U, np.eye(2), U), np.zeros(20), 0.1) is None  # gbar = 0
+    True
+    """
+    res = try_ksl_adagram_step(
+        lowrank, g, eps, refresh=refresh, direction=direction, workspace=workspace
+    )
+    return None if isinstance(res, Declined) else res
+
+
+def try_ksl_adagram_step(
+    lowrank: LowRank,
+    g: Any,
+    eps: float,
+    *,
+    refresh: bool = False,
+    direction: str = "published",
+    workspace: Workspace | None = None,
+) -> StreamedStep | Declined:
+    """Fused AdaGram increment + KSL Lie--Trotter step in three passes, or why not.
+
+    Equivalent to ``info = rank_one_increment(lowrank, g, eps)`` followed by
+    ``projector_splitting(lowrank, info.x, info.y)`` (same ``U1 S1 V1^T`` to rounding) and
+    ``info.published``; see the module notes for how and for the cost.
+
+    Parameters
+    ----------
+    lowrank : LowRank
+        ``U, V`` ``(d, r)`` orthonormal, ``S`` ``(r, r)``; float32 or float64.
+    g : array, shape (d,)
+        Finite gradient, same backend and device; any real floating dtype (cast block by
+        block to the factors' dtype, or first as a whole where the backend cannot view it).
+    eps : float
+        ``> 0``.
+    refresh : bool, keyword-only
+        Measure ``U^T U``, ``V^T V`` in pass 2 and fold the correction into this step (see
+        the module notes); ``adagram`` sets it every :data:`REFRESH_EVERY` steps.
+    direction : {'published', 'symmetric'}, keyword-only
+        Which direction of ``M^+`` to return (the symmetric one needs float64 factors).
+    workspace : Workspace, optional, keyword-only
+        Where the outputs (``U1``, ``V1`` and the direction) are allocated: a
+        :class:`~lowrank_precond.backends.blocked.Workspace` hands back the memory of outputs
+        that no object can reach any more (saves the zero-filling of fresh memory, about a
+        quarter of the step at d = 1e6); by default fresh arrays.
+
+    Returns
+    -------
+    StreamedStep or Declined
+        :class:`~lowrank_precond.backends.fused.Declined` (``code``, ``reason``) where the
+        caller must take the general path: the static conditions of
+        :func:`ksl_adagram_available` (codes ``"backend"``, ``"dtype"``, ``"size"``,
+        ``"direction"``); factors a torch tensor cannot share with NumPy (``"view"``); a
+        non-finite or zero/underflowing/overflowing ``|gbar|^2`` (``"gradient"``: the
+        general path skips the step or raises with its scaled norms); a drift above
+        :data:`DRIFT_LIMIT` found at a refresh step (``"drift"``); near-degenerate geometry
+        that the general path decides (``"geometry"``: a refresh step that also needs the
+        re-orthogonalisation pass, principal angles between ``SYM_DROP`` and ``SYM_KEEP``
+        for the symmetric direction). Inputs are not validated beyond that (the caller did
+        it); nothing is modified.
+
+    Raises
+    ------
+    ValueError
+        For a ``direction`` other than ``'published'`` or ``'symmetric'``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment
+    >>> rng = np.random.default_rng(0)
+    >>> U, _ = np.linalg.qr(rng.standard_normal((50, 3)))
+    >>> V, _ = np.linalg.qr(rng.standard_normal((50, 3)))
+    >>> M = LowRank(U, np.diag([1.0, 0.9, 0.8]), V)
+    >>> g = rng.standard_normal(50)
+    >>> out = try_ksl_adagram_step(M, g, 0.1)
+    >>> info = rank_one_increment(M, g, 0.1)
+    >>> ref = projector_splitting(M, info.x, info.y)
+    >>> bool(np.allclose(out.lowrank.dense(), ref.dense()))
+    True
+    >>> bool(np.allclose(out.direction, info.published))
+    True
+    >>> try_ksl_adagram_step(M, np.zeros(50), 0.1).code
+    'gradient'
+    """
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction: expected 'published' or 'symmetric', got {direction!r}")
+    U = lowrank.U
+    d, r = int(U.shape[0]), int(U.shape[1])
+    declined = _static_decline(U, d, r, U.dtype, direction)
+    if declined is not None:
+        return declined
+    kernels = fused_kernels(U)
+    host = _to_host(kernels, lowrank, g)
+    if isinstance(host, Declined):
+        return host
+    if workspace is None:
+        ops = kernels.ops
+
+        def alloc(shape: tuple[int, ...]) -> Any:
+            return ops.empty(shape, host[0].U.dtype)
+    else:
+
+        def alloc(shape: tuple[int, ...]) -> Any:
+            return workspace.empty(shape, host[0].U)
+
+    with warnings.catch_warnings(), kernels.single_threaded():
+        # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
+        # general path handles it with scaled norms, so NumPy's overflow warning is noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _host_step(kernels.ops, host[0], host[1], eps, refresh, direction, alloc)
+    if isinstance(res, Declined):
+        return res
+    return _from_host(kernels, res, lowrank)
+
+
+def _to_host(kernels: FusedKernels, lowrank: LowRank, g: Any) -> tuple[LowRank, Any] | Declined:
+    """``(lowrank, g)`` as host arrays sharing their memory (``U, V`` that are halves of one
+    ``(2r, d)`` array stay halves of one host array); ``g`` is cast first where its dtype
+    has no host view."""
+    rows = kernels.host_rows(lowrank.U.T, lowrank.V.T)
+    S = kernels.host(lowrank.S)
+    gh = kernels.host(g)
+    if gh is None:
+        gh = kernels.host(array_namespace(g).astype(g, lowrank.U.dtype))
+    if rows is None or S is None or gh is None:
+        return Declined(
+            "view",
+            "the factors or the gradient have no NumPy view (e.g. a "
+            "tensor with the negative or conjugate bit set)",
+        )
+    return LowRank(rows[0].T, S, rows[1].T), gh
+
+
+@dataclass(frozen=True)
+class _HostStep:
+    """The host step's outputs: ``W1`` the ``(2r, d)`` new bases (``None``: unchanged)."""
+
+    W1: Any
+    S1: Any
+    p: Any
+    nu: float
+    s: float
+    gg: float
+    cgs2: tuple[bool, bool]
+
+
+def _from_host(kernels: FusedKernels, res: _HostStep, like: LowRank) -> StreamedStep:
+    """The :class:`StreamedStep` in the caller's backend, sharing the host outputs' memory."""
+    if res.W1 is None:  # the bases did not change: the caller's own arrays
+        U1, V1 = like.U, like.V
+    else:  # halves of one (2r, d) buffer: the layout that the next step reads
+        W1 = kernels.wrap(res.W1)
+        r = int(like.U.shape[1])
+        U1, V1 = W1[:r, :].T, W1[r:, :].T
+    low = LowRank(U1, kernels.wrap(res.S1), V1)
+    return StreamedStep(low, kernels.wrap(res.p), res.nu, res.s, res.gg, res.cgs2)
+
+
+def _row_blocks(d: int, r: int, dtype: Any, xp: Any, *, write: bool) -> list[tuple[int, int]]:
     """Row blocks of a reading (:data:`BLOCK_BYTES`) or the writing pass
     (:data:`WRITE_BLOCK_BYTES`), looked up here so that both streamed steps follow them."""
     block_bytes = WRITE_BLOCK_BYTES if write else BLOCK_BYTES
-    xp = array_namespace(like)
-    if name_of(like) not in ("numpy", "torch") or "cpu" not in str(device_of(like)).lower():
-        return [(0, d)]
-    itemsize = 4 if like.dtype == xp.float32 else 8
+    itemsize = 4 if dtype == xp.float32 else 8
     rows = max(_MIN_ROWS, min(_MAX_ROWS, block_bytes // (itemsize * max(r, 1))))
     if d <= rows:
         return [(0, d)]
@@ -178,22 +388,213 @@ def _safe_range(xp: Any, dtype: Any) -> tuple[float, float]:
     return float(fi.smallest_normal) / float(fi.eps), float(fi.max) * float(fi.eps)
 
 
-def _gauge(xp: Any, Q: Any, r: int) -> tuple[Any, Any, float]:
-    """``(O, v, alpha)`` with ``Q[:r] = (I - alpha v v^T) O`` (polar) and ``v = O Q[r]``."""
-    top = Q[:r, :]
-    W, _, Zt = xp.linalg.svd(top, full_matrices=False)
-    O = W @ Zt
-    if int(Q.shape[0]) == r:
-        return O, None, 0.0
-    v = O @ Q[r, :]
-    nv2 = float(v @ v)
-    alpha = 1.0 / (1.0 + math.sqrt(max(1.0 - nv2, 0.0)))
-    return O, v, alpha
+# --------------------------------------------------------------------------- the host step
 
 
-def _outer(a: Any, b: Any) -> Any:
-    xp = array_namespace(a)
-    return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
+class _Passes:
+    """What the passes over ``d`` read (host arrays), and where they write blocks."""
+
+    def __init__(self, ops: Any, lowrank: LowRank, g: Any, eps: float):
+        U, V = lowrank.U, lowrank.V
+        xp = self.xp = array_namespace(U)
+        self.ops = ops
+        self.d, self.r = d, r = int(U.shape[0]), int(U.shape[1])
+        self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
+        self.g = g
+        self.root = math.sqrt(eps)
+        self.inv_root = 1.0 / self.root
+        self.blocks = _row_blocks(d, r, U.dtype, xp, write=False)
+        self.wblocks = _row_blocks(d, r, U.dtype, xp, write=True)
+        Ut, Vt = U.T, V.T
+        W = ops.stacked_parent(Ut, Vt)  # (2r, d) when U, V share one buffer (our own outputs)
+        if W is None:
+            # Inputs not from our own previous step (first truncated step, a checkpoint loaded
+            # into fresh tensors, a fallback step): copy them into one (2r, d) buffer so the
+            # arithmetic, and hence the rounding, never depends on how the factors were
+            # stored. A checkpoint therefore continues bit-identically.
+            W = ops.empty((2 * r, d), U.dtype)
+            ops.copy_into(W, (slice(0, r), slice(None)), Ut)
+            ops.copy_into(W, (slice(r, 2 * r), slice(None)), Vt)
+            Ut, Vt = W[:r, :], W[r:, :]
+        self.W, self.Ut, self.Vt = W, Ut, Vt
+
+    def gblock(self, a: int, b: int) -> Any:
+        """``g[a:b]`` in the factor dtype."""
+        gb = self.g[a:b]
+        return gb if gb.dtype == self.dt else self.xp.astype(gb, self.dt)
+
+    def scratch(self, rows: int) -> Any:
+        """An uninitialised ``(rows, B)`` buffer for one writing block."""
+        return self.ops.empty((rows, self.wblocks[0][1] - self.wblocks[0][0]), self.dt)
+
+    def zeros(self, *shape: int, core: bool = False) -> Any:
+        dtype = self.cdt if core else self.dt
+        return self.xp.zeros(shape, dtype=dtype, device=self.dev)
+
+
+def _host_step(
+    ops: Any, lowrank: LowRank, g: Any, eps: float, refresh: bool, direction: str, alloc: Any
+) -> _HostStep | Declined:
+    """The whole step on host arrays: passes 1 and 2, the small algebra, pass 3."""
+    P = _Passes(ops, lowrank, g, eps)
+    red = _reduce(P, lowrank.S, direction == "symmetric", refresh, alloc)
+    if isinstance(red, Declined):
+        return red
+    xp, r, n = P.xp, P.r, red.n
+    nu = math.sqrt(n)
+    s = math.hypot(1.0, nu)
+    bcoef = (1.0 / s) * (1.0 / (1.0 + s))
+    Sc, a1c, vgc = red.Sc, red.a1c, red.vgc
+    Ru = Rv = None
+    if refresh:
+        limit = SYMMETRIC_DRIFT_LIMIT if red.C is not None else DRIFT_LIMIT
+        folded = _fold_refresh(P, red.G, Sc, a1c, vgc, limit)
+        if isinstance(folded, Declined):
+            return folded
+        Ru, Rv, Sc, a1c, vgc = folded
+    sides = (_Side(P.Ut, a1c, n, Ru), _Side(P.Vt, vgc, n, Rv))
+    H = A1 = None
+    if any(sd.h2 < EXTEND_MIN * n for sd in sides):
+        if refresh:  # rare combination: leave it to the general path
+            reason = "a refresh step whose gbar also lies nearly in span U or span V"
+            return Declined("geometry", reason)
+        H, A1 = _pass_reorthogonalise(P, sides, red.p, n, nu)
+    sym = None
+    if red.C is not None:
+        sym = _symmetric_from(P, red, sides[0], bcoef)
+        if sym is None:
+            reason = (
+                "principal angles between SYM_DROP and SYM_KEEP: the symmetric direction "
+                "needs the general path's Householder QR"
+            )
+            return Declined("geometry", reason)
+    S1, gauges = _ksl_core(xp, sides, Sc, bcoef, r)
+    out = _Outputs(red.p, 1.0 / s, sym)
+    W1 = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc)
+    cgs2 = (sides[0].explicit, sides[1].explicit)
+    return _HostStep(W1, xp.astype(S1, P.dt), red.p, nu, s, red.gg, cgs2)
+
+
+@dataclass(frozen=True)
+class _Reduced:
+    """What passes 1 and 2 leave (core dtype where small): ``p`` holds ``gbar``."""
+
+    Sc: Any
+    c1c: Any
+    gg: float
+    p: Any
+    n: float
+    a1c: Any
+    vgc: Any
+    G: Any
+    C: Any
+    GY: Any
+    yg: Any
+
+
+def _reduce(P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any) -> _Reduced | Declined:
+    """Passes 1 and 2 and the checks of what they found."""
+    xp, cdt, r = P.xp, P.cdt, P.r
+    Sc = xp.astype(S, cdt)
+    c1, gg, C = _pass_project(P, symmetric)
+    c1c = xp.astype(c1, cdt)
+    if not math.isfinite(float(xp.sum(c1c))):
+        return Declined("gradient", "V^T g is not finite")
+    t = xp.astype((Sc @ c1c) * P.inv_root, P.dt)
+    p = alloc((P.d,))
+    av, n, G, GY, yg = _pass_gbar(P, t, p, C, refresh)
+    lo, hi = _safe_range(xp, P.dt)
+    if not (lo < n < hi):
+        return Declined("gradient", f"|gbar|^2 = {n:.3g} is zero, non-finite or out of range")
+    a1c, vgc = xp.astype(av[:r], cdt), xp.astype(av[r:], cdt)
+    if not math.isfinite(float(xp.sum(a1c) + xp.sum(vgc))):
+        return Declined("gradient", "[U V]^T gbar is not finite")
+    return _Reduced(Sc, c1c, gg, p, n, a1c, vgc, G, C, GY, yg)
+
+
+def _symmetric_from(P: _Passes, red: _Reduced, us: _Side, bcoef: float) -> Any:
+    """The symmetric direction's ``(alpha, coef_g)`` (or ``None``: gray zone) from the
+    passes' reductions, in the input basis (a refresh step re-expressed ``S`` and ``a1``)."""
+    xp, cdt, n, a1 = P.xp, P.cdt, red.n, red.a1c
+    # U^T gbar and |gbar - U a| as accurately as the published step has them: after CGS2
+    # the refined ones; otherwise (also on refresh steps, whose us.coef is in the
+    # re-orthonormalised basis) a1 and the closed form, then well conditioned
+    a_sym = a1 + us.a2c if us.explicit else a1
+    h_sym = us.h if us.explicit else math.sqrt(max(n - float(a1 @ a1), 0.0))
+    return _symmetric_coefficients(
+        xp, red.Sc, red.c1c, a1, a_sym, h_sym, xp.astype(red.C, cdt), xp.astype(red.GY, cdt),
+        xp.astype(red.yg, cdt), n, bcoef, P.root, P.dt,
+    )  # fmt: skip
+
+
+def _pass_project(P: _Passes, symmetric: bool) -> tuple[Any, float, Any]:
+    """Pass 1: ``c1 = V^T g``, ``|g|^2`` (and ``C = U^T V`` for the symmetric direction)."""
+    c1 = P.zeros(P.r)
+    C = None
+    gg = 0.0
+    for a, b in P.blocks:
+        gb = P.gblock(a, b)
+        Vb = P.Vt[:, a:b]
+        c1 = c1 + Vb @ gb
+        gg += float(gb @ gb)
+        if symmetric:
+            Ub = P.Ut[:, a:b]
+            C = Ub @ Vb.T if C is None else C + Ub @ Vb.T
+    return c1, gg, C
+
+
+def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, ...]:
+    """Pass 2: ``gbar`` (into ``p``), ``[a1; vg] = [U V]^T gbar``, ``n = |gbar|^2``.
+
+    With ``C`` (the symmetric direction) also ``Y = V - U C`` block by block (its Gram
+    matrix ``GY`` gives the principal angles between ``span V`` and ``span U``) and
+    ``yg = Y^T gbar``; on refresh steps ``G = [U V]^T [U V]``. Returns
+    ``(av, n, G, GY, yg)``.
+    """
+    xp, ops, r, dt = P.xp, P.ops, P.r, P.dt
+    GY = yg = negCt = Yv = Yv2 = None
+    if C is not None:
+        negCt = xp.astype(-C.T, dt)
+        rows0 = P.blocks[0][1] - P.blocks[0][0]
+        Yv, Yv2 = ops.empty((r, rows0), dt), ops.empty((r, rows0), dt)
+        GY = P.zeros(r, r)
+        yg = P.zeros(r)
+    av = P.zeros(2 * r)
+    G = None
+    n = 0.0
+    for a, b in P.blocks:
+        Ub, Vb = P.Ut[:, a:b], P.Vt[:, a:b]
+        ops.residual_into(p, (slice(a, b),), P.inv_root, P.gblock(a, b), t, Ub)
+        gb = p[a:b]
+        av = av + P.W[:, a:b] @ gb
+        n += float(gb @ gb)
+        if C is not None:
+            B = b - a
+            ops.lincomb_into(Yv, (slice(None), slice(0, B)), Vb, negCt, Ub)
+            # two distinct operands keep NumPy on gemm (its syrk is 1.4x slower here)
+            ops.copy_into(Yv2, (slice(None), slice(0, B)), Yv[:, :B])
+            GY = GY + Yv[:, :B] @ Yv2[:, :B].T
+            yg = yg + Yv[:, :B] @ gb
+        if refresh:
+            Wbc = xp.astype(xp.concat([Ub, Vb], axis=0), P.cdt)
+            G = Wbc @ Wbc.T if G is None else G + Wbc @ Wbc.T
+    return av, n, G, GY, yg
+
+
+def _fold_refresh(
+    P: _Passes, G: Any, Sc: Any, a1c: Any, vgc: Any, limit: float
+) -> tuple[Any, ...] | Declined:
+    """Refresh: ``U = U_o R_u``, ``V = V_o R_v`` with orthonormal ``U_o, V_o``; returns
+    ``(R_u, R_v, S, a1, vg)`` in the orthonormal bases, or a decline above ``limit``."""
+    xp, r = P.xp, P.r
+    eye = xp.eye(r, dtype=P.cdt, device=P.dev)
+    GU, GV = G[:r, :r], G[r:, r:]
+    drift = max(float(xp.max(xp.abs(GU - eye))), float(xp.max(xp.abs(GV - eye))))
+    if not drift <= limit:
+        return Declined("drift", f"max|F^T F - I| = {drift:.3g} exceeds {limit:g}")
+    Ru = xp.linalg.cholesky((GU + GU.T) / 2).T
+    Rv = xp.linalg.cholesky((GV + GV.T) / 2).T
+    return Ru, Rv, Ru @ Sc @ Rv.T, xp.linalg.solve(Ru.T, a1c), xp.linalg.solve(Rv.T, vgc)
 
 
 class _Side:
@@ -214,276 +615,51 @@ class _Side:
         self.hh = 0.0  # |H|^2
 
 
-def ksl_adagram_step(
-    lowrank: LowRank,
-    g: Any,
-    eps: float,
-    *,
-    refresh: bool = False,
-    direction: str = "published",
-    workspace: Workspace | None = None,
-) -> StreamedStep | None:
-    """Fused AdaGram increment (A.3) + KSL Lie--Trotter step (B.2.2) in three passes (B.4).
+def _pass_reorthogonalise(
+    P: _Passes, sides: tuple[_Side, _Side], p: Any, n: float, nu: float
+) -> tuple[Any, Any]:
+    """The explicit re-orthogonalisation where ``gbar`` lies nearly in span U / span V.
 
-    Equivalent to ``info = rank_one_increment(lowrank, g, eps)`` followed by
-    ``projector_splitting(lowrank, info.x, info.y)`` (same ``U1 S1 V1^T`` to rounding) and
-    ``info.published``; see the module notes for how and for the cost.
-
-    Parameters
-    ----------
-    lowrank : LowRank
-        ``U, V`` ``(d, r)`` orthonormal, ``S`` ``(r, r)``; float32 or float64.
-    g : array, shape (d,)
-        Finite gradient, same backend and device; any real floating dtype (cast block by
-        block to the factors' dtype).
-    eps : float
-        ``> 0``.
-    refresh : bool, keyword-only
-        Measure ``U^T U``, ``V^T V`` in pass 2 and fold the correction into this step (see
-        the module notes); ``adagram`` sets it every :data:`REFRESH_EVERY` steps.
-    direction : {'published', 'symmetric'}, keyword-only
-        Which direction of ``M^+`` to return (the symmetric one needs float64 factors).
-    workspace : Workspace, optional, keyword-only
-        Where the outputs (``U1``, ``V1`` and the direction) are allocated: a
-        :class:`~lowrank_precond.backends.blocked.Workspace` hands back buffers that nothing
-        references any more (saves the zero-filling of fresh memory, about a quarter of the
-        step at d = 1e6); by default fresh arrays.
-
-    Returns
-    -------
-    StreamedStep or None
-        ``None`` when this path does not apply and the caller must use the general one:
-        ``d < 2 r + 2``, a non-finite or zero/underflowing/overflowing ``|gbar|^2`` (the
-        general path skips the step or raises with the scaled norms of A.6), or a drift
-        above :data:`DRIFT_LIMIT` found at a refresh step. Inputs are not validated beyond
-        that (the caller did it); nothing is modified.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment
-    >>> rng = np.random.default_rng(0)
-    >>> U, _ = np.linalg.qr(rng.standard_normal((50, 3)))
-    >>> V, _ = np.linalg.qr(rng.standard_normal((50, 3)))
-    >>> M = LowRank(U, np.diag([1.0, 0.9, 0.8]), V)
-    >>> g = rng.standard_normal(50)
-    >>> out = ksl_adagram_step(M, g, 0.1)
-    >>> info = rank_one_increment(M, g, 0.1)
-    >>> ref = projector_splitting(M, info.x, info.y)
-    >>> bool(np.allclose(out.lowrank.dense(), ref.dense()))
-    True
-    >>> bool(np.allclose(out.direction, info.published))
-    True
+    ``H = gbar - a1 F`` (the first projection, row ``i`` for side ``i``; rows of the other
+    sides are ``gbar``) is formed block by block here and again, bitwise identically, in
+    pass 3; ``a2 = F^T H`` is the second projection (classical Gram--Schmidt twice). Updates
+    the sides that need it; returns ``(H, A1)`` for pass 3.
     """
-    with warnings.catch_warnings(), single_threaded_blas(lowrank.U):
-        # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
-        # general path handles it with scaled norms, so NumPy's overflow warning is noise
-        warnings.simplefilter("ignore", RuntimeWarning)
-        host = _numpy_views(lowrank, g)
-        if host is None:
-            return _step(lowrank, g, eps, refresh, direction, workspace)
-        res = _step(host[0], host[1], eps, refresh, direction, workspace)
-        return None if res is None else _as_torch(res, lowrank, host[0])
-
-
-def _numpy_views(lowrank: LowRank, g: Any) -> tuple[LowRank, Any] | None:
-    """``(lowrank, g)`` as NumPy views of torch CPU tensors (no copy), else ``None``.
-
-    ``U`` and ``V`` that are halves of one ``(2r, d)`` tensor become halves of one NumPy
-    array, so that :func:`~lowrank_precond.backends.blocked.stacked_parent` still sees it.
-    """
-    U, S, V = lowrank.U, lowrank.S, lowrank.V
-    W = stacked_parent(U.T, V.T)
-    views = numpy_views(U if W is None else W, V, S, g)
-    if views is None:
-        return None
-    Un, Vn, Sn, gn = views
-    if W is not None:  # Un is the (2r, d) buffer
-        r = int(U.shape[1])
-        Un, Vn = Un[:r, :].T, Un[r:, :].T
-    return LowRank(Un, Sn, Vn), gn
-
-
-def _as_torch(res: StreamedStep, like: LowRank, host: LowRank) -> StreamedStep:
-    """``res`` (computed on :func:`_numpy_views`) with torch tensors sharing its memory."""
-    low = res.lowrank
-    if low.U is host.U:  # the bases did not change: the caller's own tensors
-        U1, V1 = like.U, like.V
-    else:  # halves of one (2r, d) buffer: keep that layout for the next step
-        W1 = from_numpy_view(stacked_parent(low.U.T, low.V.T))
-        r = int(low.U.shape[1])
-        U1, V1 = W1[:r, :].T, W1[r:, :].T
-    low1 = LowRank(U1, from_numpy_view(low.S), V1)
-    return dataclasses.replace(res, lowrank=low1, direction=from_numpy_view(res.direction))
-
-
-def _step(
-    lowrank: LowRank, g: Any, eps: float, refresh: bool, direction: str,
-    workspace: Workspace | None,
-) -> StreamedStep | None:
-    U, S, V = lowrank.U, lowrank.S, lowrank.V
-    xp = array_namespace(U)
-    d, r = int(U.shape[0]), int(U.shape[1])
-    if direction not in ("published", "symmetric"):
-        raise ValueError(f"direction: expected 'published' or 'symmetric', got {direction!r}")
-    symmetric = direction == "symmetric"
-    if r < 1 or d < 2 * r + 2 or (symmetric and U.dtype != xp.float64):
-        return None
-    dt = U.dtype
-    cdt = core_dtype(U)
-    dev = device_of(U)
-    Ut, Vt = U.T, V.T
-    Sc = xp.astype(S, cdt)
-    root = math.sqrt(eps)
-    inv_root = 1.0 / root
-    blocks = _row_blocks(d, r, U, write=False)
-    wblocks = _row_blocks(d, r, U, write=True)
-
-    def alloc(shape: tuple[int, ...]) -> Any:
-        return empty(shape, U) if workspace is None else workspace.empty(shape, U)
-
-    def gblock(a: int, b: int) -> Any:
-        gb = g[a:b]
-        return gb if gb.dtype == dt else xp.astype(gb, dt)
-
-    W = stacked_parent(Ut, Vt)  # (2r, d) when U, V share one buffer (our own outputs)
-    if W is None:
-        # Inputs not from our own previous step (first truncated step, a checkpoint loaded
-        # into fresh tensors, a fallback step): copy them into one (2r, d) buffer so the
-        # arithmetic, and hence the rounding, never depends on how the factors were stored.
-        # A checkpoint therefore continues bit-identically.
-        W = stacked_parent(*_stack(xp, Ut, Vt))
-        if W is not None:
-            Ut, Vt = W[:r, :], W[r:, :]
-
-    # ---- pass 1: c1 = V^T g, |g|^2 (and C = U^T V for the symmetric direction)
-    c1 = xp.zeros((r,), dtype=dt, device=dev)
-    C = None
-    gg = 0.0
-    for a, b in blocks:
-        gb = gblock(a, b)
-        Vb = Vt[:, a:b]
-        c1 = c1 + Vb @ gb
-        gg += float(gb @ gb)
-        if symmetric:
-            Ub = Ut[:, a:b]
-            C = Ub @ Vb.T if C is None else C + Ub @ Vb.T
-    c1c = xp.astype(c1, cdt)
-    if not math.isfinite(float(xp.sum(c1c))):
-        return None
-    t = xp.astype((Sc @ c1c) * inv_root, dt)
-
-    # ---- pass 2: gbar (into p), [a1; vg] = [U V]^T gbar, n = |gbar|^2; for the symmetric
-    # direction also Y = V - U C (explicitly: its Gram matrix GY gives the principal angles
-    # between span V and span U) and yg = Y^T gbar
-    if symmetric:
-        negCt = xp.astype(-C.T, dt)
-        rows0 = blocks[0][1] - blocks[0][0]
-        Yv, Yv2 = empty((r, rows0), U), empty((r, rows0), U)
-        GY = xp.zeros((r, r), dtype=dt, device=dev)
-        yg = xp.zeros((r,), dtype=dt, device=dev)
-    p = alloc((d,))
-    av = xp.zeros((2 * r,), dtype=dt, device=dev)
-    G = None
-    n = 0.0
-    for a, b in blocks:
-        Ub, Vb = Ut[:, a:b], Vt[:, a:b]
-        residual_into(p, (slice(a, b),), inv_root, gblock(a, b), t, Ub)
-        gb = p[a:b]
-        if W is not None:
-            av = av + W[:, a:b] @ gb
-        else:
-            av = av + xp.concat([Ub @ gb, Vb @ gb])
-        n += float(gb @ gb)
-        if symmetric:
-            B = b - a
-            lincomb_into(Yv, (slice(None), slice(0, B)), Vb, negCt, Ub)
-            # two distinct operands keep NumPy on gemm (its syrk is 1.4x slower here)
-            copy_into(Yv2, (slice(None), slice(0, B)), Yv[:, :B])
-            GY = GY + Yv[:, :B] @ Yv2[:, :B].T
-            yg = yg + Yv[:, :B] @ gb
-        if refresh:
-            Wbc = xp.astype(xp.concat([Ub, Vb], axis=0), cdt)
-            G = Wbc @ Wbc.T if G is None else G + Wbc @ Wbc.T
-    a1, vg = av[:r], av[r:]
-    lo, hi = _safe_range(xp, dt)
-    if not (lo < n < hi):
-        return None
-    a1c, vgc = xp.astype(a1, cdt), xp.astype(vg, cdt)
-    if not math.isfinite(float(xp.sum(a1c) + xp.sum(vgc))):
-        return None
-    nu = math.sqrt(n)
-    s = math.hypot(1.0, nu)
-    bcoef = (1.0 / s) * (1.0 / (1.0 + s))
-
-    S_in, a1_in = Sc, a1c  # in the input basis (a refresh step re-expresses them below)
-
-    # ---- refresh: U = U_o R_u, V = V_o R_v with orthonormal U_o, V_o
-    Ru = Rv = None
-    if refresh:
-        eye = xp.eye(r, dtype=cdt, device=dev)
-        GU, GV = G[:r, :r], G[r:, r:]
-        drift = max(float(xp.max(xp.abs(GU - eye))), float(xp.max(xp.abs(GV - eye))))
-        if not drift <= (SYMMETRIC_DRIFT_LIMIT if symmetric else DRIFT_LIMIT):
-            return None
-        Ru = xp.linalg.cholesky((GU + GU.T) / 2).T
-        Rv = xp.linalg.cholesky((GV + GV.T) / 2).T
-        a1c = xp.linalg.solve(Ru.T, a1c)
-        vgc = xp.linalg.solve(Rv.T, vgc)
-        Sc = Ru @ Sc @ Rv.T
-    us = _Side(Ut, a1c, n, Ru)
-    vs = _Side(Vt, vgc, n, Rv)
-
-    # ---- explicit re-orthogonalisation where gbar lies nearly in span U / span V
-    # H = gbar - a1 F (the first projection, row i for side i; rows of other sides are gbar)
-    # is formed block by block here and again, bitwise identically, in pass 3; a2 = F^T H is
-    # the second projection (classical Gram-Schmidt twice).
-    sides = (us, vs)
+    xp, dt, r = P.xp, P.dt, P.r
     needs = [sd for sd in sides if sd.h2 < EXTEND_MIN * n]
-    H = A1 = None
-    if needs:
-        if refresh:
-            return None  # rare combination: leave it to the general path
-        drop_tol = 10.0 * float(xp.finfo(dt).eps) * math.sqrt(max(d, 100)) * nu
-        for sd in needs:
-            sd.explicit = True
-            sd.a_tall = xp.astype(sd.coef, dt)
-            sd.a2 = xp.zeros((r,), dtype=dt, device=dev)
-            sd.hh = 0.0
-        zt = xp.zeros((r,), dtype=dt, device=dev)
-        A1 = _blockdiag_rows(xp, [sd.a_tall if sd.explicit else zt for sd in sides])
-        H = empty((2, wblocks[0][1] - wblocks[0][0]), U)
-        for a, b in wblocks:  # pass 3's blocks: H is recomputed there bit for bit
-            _first_projection(H, W, sides, A1, p[a:b], a, b)
-            for i, sd in enumerate(sides):
-                if sd.explicit:
-                    hb = H[i, : b - a]
-                    sd.a2 = sd.a2 + sd.Ft[:, a:b] @ hb
-                    sd.hh += float(hb @ hb)
-        for sd in needs:
-            a2c = xp.astype(sd.a2, cdt)
-            h2 = sd.hh - float(a2c @ a2c)
-            sd.coef = sd.coef + a2c
-            sd.a2c = a2c
-            sd.h = math.sqrt(max(h2, 0.0))
-            sd.extend = sd.h > drop_tol
+    drop_tol = 10.0 * float(xp.finfo(dt).eps) * math.sqrt(max(P.d, 100)) * nu
+    for sd in needs:
+        sd.explicit = True
+        sd.a_tall = xp.astype(sd.coef, dt)
+        sd.a2 = P.zeros(r)
+        sd.hh = 0.0
+    zt = P.zeros(r)
+    A1 = _blockdiag_rows(xp, [sd.a_tall if sd.explicit else zt for sd in sides])
+    H = P.scratch(2)
+    for a, b in P.wblocks:  # pass 3's blocks: H is recomputed there bit for bit
+        _first_projection(P, H, A1, p[a:b], a, b)
+        for i, sd in enumerate(sides):
+            if sd.explicit:
+                hb = H[i, : b - a]
+                sd.a2 = sd.a2 + sd.Ft[:, a:b] @ hb
+                sd.hh += float(hb @ hb)
+    for sd in needs:
+        a2c = xp.astype(sd.a2, P.cdt)
+        h2 = sd.hh - float(a2c @ a2c)
+        sd.coef = sd.coef + a2c
+        sd.a2c = a2c
+        sd.h = math.sqrt(max(h2, 0.0))
+        sd.extend = sd.h > drop_tol
+    return H, A1
 
-    # ---- symmetric direction: a basis of span[U, V, gbar] from pass 2's reductions
-    sym = None
-    if symmetric:
-        # U^T gbar and |gbar - U a| as accurately as the published step has them: after
-        # CGS2 the refined ones; otherwise (also on refresh steps, whose us.coef is in the
-        # re-orthonormalised basis) a1 and the closed form, then well conditioned
-        a_sym = a1_in + us.a2c if us.explicit else a1_in
-        h_sym = us.h if us.explicit else math.sqrt(max(n - float(a1_in @ a1_in), 0.0))
-        sym = _symmetric_coefficients(
-            xp, S_in, c1c, a1_in, a_sym, h_sym, xp.astype(C, cdt), xp.astype(GY, cdt),
-            xp.astype(yg, cdt), n, bcoef, root, dt,
-        )
-        if sym is None:
-            return None  # sines in (SYM_DROP, SYM_KEEP): Householder in the general path
 
-    # ---- small algebra (core dtype): K step, S step, L step, gauges
+def _ksl_core(
+    xp: Any, sides: tuple[_Side, _Side], Sc: Any, bcoef: float, r: int
+) -> tuple[Any, tuple[Any, ...]]:
+    """The K step, S step and L step on ``(r+1) x r`` coordinates (core dtype), and the
+    gauges of both bases: ``(S1, (v_u, alpha_u, v_v, alpha_v))``."""
+    us, vs = sides
+    cdt, dev = Sc.dtype, device_of(Sc)
     w = vs.coef - Sc.T @ us.coef  # V^T y
     Tk = Sc + bcoef * _outer(us.coef, w)
     if us.extend:
@@ -500,26 +676,92 @@ def _step(
     Ql, Rl = xp.linalg.qr(Tl)
     Ou, vu, alpha_u = _gauge(xp, Qk, r)
     Ov, vv, alpha_v = _gauge(xp, Ql, r)
-    S1 = Ou @ Rl.T @ Ov.T
+    return Ou @ Rl.T @ Ov.T, (vu, alpha_u, vv, alpha_v)
 
-    # ---- pass 3: U1 = U_o + (q - alpha U_o v) v^T, V1 likewise, p = gbar / s
-    # Both factors go to one (2r, d) buffer: row block = base + Vm @ E, with base the input
-    # block (or R^{-T} times it on a refresh step), Vm = diag(v_u, v_v) (2r x 2) and E the two
-    # rows e_i = inv_h_i (gbar - a1_i F_i) - m_i F_i (the first term is H, or gbar where no
-    # re-orthogonalisation was needed); a side whose basis does not change has v = 0 (a copy).
-    inv_s = 1.0 / s
-    change = [v is not None and sd.extend for sd, v in ((us, vu), (vs, vv))]
-    if not any(change) and Ru is None:  # gbar in span U and span V: only S changes
-        if sym is None:
-            scale_into(p, (slice(0, d),), inv_s)
+
+def _gauge(xp: Any, Q: Any, r: int) -> tuple[Any, Any, float]:
+    """``(O, v, alpha)`` with ``Q[:r] = (I - alpha v v^T) O`` (polar) and ``v = O Q[r]``."""
+    top = Q[:r, :]
+    W, _, Zt = xp.linalg.svd(top, full_matrices=False)
+    O = W @ Zt
+    if int(Q.shape[0]) == r:
+        return O, None, 0.0
+    v = O @ Q[r, :]
+    nv2 = float(v @ v)
+    alpha = 1.0 / (1.0 + math.sqrt(max(1.0 - nv2, 0.0)))
+    return O, v, alpha
+
+
+def _outer(a: Any, b: Any) -> Any:
+    xp = array_namespace(a)
+    return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """The direction that pass 3 finishes in ``p`` (which holds ``gbar``): ``gbar * inv_s``
+    (published) or, with ``sym = (alpha, coef_g)``, the symmetric one."""
+
+    p: Any
+    inv_s: float
+    sym: Any
+
+
+def _pass_write(
+    P: _Passes, sides: Any, gauges: Any, roots: Any, H: Any, A1: Any, out: _Outputs, alloc: Any
+) -> Any:
+    """Pass 3: ``U1 = U_o + (q - alpha U_o v) v^T``, ``V1`` likewise, and the direction.
+
+    Both factors go to one ``(2r, d)`` buffer (returned; ``None`` where neither basis
+    changes): row block = base + ``Vm @ E``, with base the input block (or ``R^{-T}`` times
+    it on a refresh step), ``Vm = diag(v_u, v_v)`` (``2r x 2``) and ``E`` the two rows
+    ``e_i = inv_h_i (gbar - a1_i F_i) - m_i F_i`` (the first term is ``H``, or ``gbar`` where
+    no re-orthogonalisation was needed); a side whose basis does not change has ``v = 0``.
+    """
+    vu, alpha_u, vv, alpha_v = gauges
+    change = [v is not None and sd.extend for sd, v in zip(sides, (vu, vv), strict=True)]
+    if not any(change) and roots[0] is None:  # gbar in span U and span V: only S changes
+        _direction_only(P, out)
+        return None
+    coefs = _write_coefficients(P, sides, change, ((vu, alpha_u), (vv, alpha_v)), roots)
+    Vm, Mm, hcol, inv_hs, Bm = coefs
+    W1 = alloc((2 * P.r, P.d))
+    # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
+    # per block for both (p = g / sqrt(eps) + that row)
+    fused = out.sym is not None and H is None
+    if fused:
+        alpha, coef_g = out.sym
+        Mm = P.xp.concat([Mm, P.xp.reshape(-alpha, (1, 2 * P.r))], axis=0)
+        hcol = P.xp.concat([hcol, P.xp.asarray([coef_g], dtype=P.dt, device=P.dev)])
+    E = P.scratch(3 if fused else 2) if H is None else H
+    for a, b in P.wblocks:
+        _write_block(P, W1, E, (Vm, Mm, hcol, inv_hs, Bm), sides, H, A1, out.p, a, b)
+        if out.sym is None:
+            P.ops.scale_into(out.p, (slice(a, b),), out.inv_s)
+        elif fused:
+            P.ops.axpy_into(out.p, (slice(a, b),), P.inv_root, P.gblock(a, b), E[2, : b - a])
         else:
-            for a, b in wblocks:
-                _symmetric_into(xp, p, a, b, gblock(a, b), inv_root, sym, W, Ut, Vt)
-        low = LowRank(U, xp.astype(S1, dt), V)
-        return StreamedStep(low, p, nu, s, gg, (us.explicit, vs.explicit))
+            _symmetric_into(P, out.p, a, b, out.sym)
+    return W1
+
+
+def _direction_only(P: _Passes, out: _Outputs) -> None:
+    """The direction when neither basis changes (no factor is written)."""
+    if out.sym is None:
+        P.ops.scale_into(out.p, (slice(0, P.d),), out.inv_s)
+    else:
+        for a, b in P.wblocks:
+            _symmetric_into(P, out.p, a, b, out.sym)
+
+
+def _write_coefficients(
+    P: _Passes, sides: Any, change: list[bool], gauges: Any, roots: Any
+) -> tuple[Any, ...]:
+    """``(Vm, Mm, hcol, inv_hs, Bm)`` of pass 3 (see :func:`_pass_write`)."""
+    xp, r, dt = P.xp, P.r, P.dt
     vcols, ms, inv_hs = [], [], []
-    zr = xp.zeros((r,), dtype=cdt, device=dev)
-    for ch, sd, v, alpha in ((change[0], us, vu, alpha_u), (change[1], vs, vv, alpha_v)):
+    zr = P.zeros(r, core=True)
+    for ch, sd, (v, alpha) in zip(change, sides, gauges, strict=True):
         if not ch:
             vcols.append(zr)
             ms.append(zr)
@@ -537,59 +779,37 @@ def _step(
         inv_hs.append(inv_h)
     Vm = xp.astype(_blockdiag_rows(xp, vcols).T, dt)  # (2r, 2)
     Mm = xp.astype(_blockdiag_rows(xp, ms), dt)  # (2, 2r)
-    hcol = xp.asarray(inv_hs, dtype=dt, device=dev)
+    hcol = xp.asarray(inv_hs, dtype=dt, device=P.dev)
     Bm = None
+    Ru, Rv = roots
     if Ru is not None:  # U_o = U R_u^{-1}: base block = blockdiag(R_u^{-T}, R_v^{-T}) [U; V]
-        zrr = xp.zeros((r, r), dtype=cdt, device=dev)
-        Bm = xp.astype(xp.concat([
-            xp.concat([xp.linalg.inv(Ru).T, zrr], axis=1),
-            xp.concat([zrr, xp.linalg.inv(Rv).T], axis=1),
-        ], axis=0), dt)
-    W1 = alloc((2 * r, d))
-    # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
-    # per block for both (p = g / sqrt(eps) + that row)
-    fused = sym is not None and H is None and W is not None
-    if fused:
-        alpha, coef_g = sym
-        Mm = xp.concat([Mm, xp.reshape(-alpha, (1, 2 * r))], axis=0)
-        hcol = xp.concat([hcol, xp.asarray([coef_g], dtype=dt, device=dev)])
-    E = empty((3 if fused else 2, wblocks[0][1] - wblocks[0][0]), U) if H is None else H
-    for a, b in wblocks:
-        B = b - a
-        gb = p[a:b]
-        cols = (slice(None), slice(0, B))
-        rows = (slice(None), slice(a, b))
-        if H is None:
-            if W is not None:
-                residual_into(E, cols, hcol, gb, Mm, W[:, a:b])
-            else:
-                for i, sd in enumerate(sides):
-                    residual_into(E, (i, slice(0, B)), inv_hs[i], gb, Mm[i, i * r:(i + 1) * r],
-                                  sd.Ft[:, a:b])
-        else:
-            _first_projection(H, W, sides, A1, gb, a, b)
-            for i, sd in enumerate(sides):
-                residual_into(E, (i, slice(0, B)), inv_hs[i], H[i, :B], Mm[i, i * r:(i + 1) * r],
-                              sd.Ft[:, a:b])
-        e = E[:2, :B]
-        if W is not None:
-            Wb = W[:, a:b]
-            lincomb_into(W1, rows, Wb if Bm is None else Bm @ Wb, Vm, e)
-        else:
-            for i, sd in enumerate(sides):
-                lo_, hi_ = i * r, (i + 1) * r
-                Fb = sd.Ft[:, a:b]
-                base = Fb if Bm is None else Bm[lo_:hi_, lo_:hi_] @ Fb
-                lincomb_into(W1, (slice(lo_, hi_), slice(a, b)), base, Vm[lo_:hi_, i:i + 1],
-                             e[i:i + 1, :])
-        if sym is None:
-            scale_into(p, (slice(a, b),), inv_s)
-        elif fused:
-            axpy_into(p, (slice(a, b),), inv_root, gblock(a, b), E[2, :B])
-        else:
-            _symmetric_into(xp, p, a, b, gblock(a, b), inv_root, sym, W, Ut, Vt)
-    low = LowRank(W1[:r, :].T, xp.astype(S1, dt), W1[r:, :].T)
-    return StreamedStep(low, p, nu, s, gg, (us.explicit, vs.explicit))
+        zrr = P.zeros(r, r, core=True)
+        top = xp.concat([xp.linalg.inv(Ru).T, zrr], axis=1)
+        bottom = xp.concat([zrr, xp.linalg.inv(Rv).T], axis=1)
+        Bm = xp.astype(xp.concat([top, bottom], axis=0), dt)
+    return Vm, Mm, hcol, inv_hs, Bm
+
+
+def _write_block(
+    P: _Passes, W1: Any, E: Any, coefs: Any, sides: Any, H: Any, A1: Any, p: Any, a: int, b: int
+) -> None:
+    """One block of pass 3: the rows ``E`` (``e_u``, ``e_v`` and, for the fused symmetric
+    direction, its row), then ``W1[:, a:b] = base + Vm @ E[:2]``."""
+    Vm, Mm, hcol, inv_hs, Bm = coefs
+    ops, r = P.ops, P.r
+    B = b - a
+    gb = p[a:b]  # gbar
+    if H is None:
+        ops.residual_into(E, (slice(None), slice(0, B)), hcol, gb, Mm, P.W[:, a:b])
+    else:
+        _first_projection(P, H, A1, gb, a, b)
+        for i, sd in enumerate(sides):
+            ops.residual_into(
+                E, (i, slice(0, B)), inv_hs[i], H[i, :B], Mm[i, i * r : (i + 1) * r],
+                sd.Ft[:, a:b],
+            )  # fmt: skip
+    Wb = P.W[:, a:b]
+    ops.lincomb_into(W1, (slice(None), slice(a, b)), Wb if Bm is None else Bm @ Wb, Vm, E[:2, :B])
 
 
 def _blockdiag_rows(xp: Any, rows: list[Any]) -> Any:
@@ -601,34 +821,31 @@ def _blockdiag_rows(xp: Any, rows: list[Any]) -> Any:
     return xp.concat([top, bottom], axis=0)
 
 
-def _stack(xp: Any, Ut: Any, Vt: Any) -> tuple[Any, Any]:
-    """``Ut, Vt`` ``(r, d)`` copied into the two halves of one row-contiguous buffer."""
-    r = int(Ut.shape[0])
-    both = xp.concat([Ut, Vt], axis=0)
-    return both[:r, :], both[r:, :]
-
-
-def _first_projection(H: Any, W: Any, sides: Any, A1: Any, gb: Any, a: int, b: int) -> None:
+def _first_projection(P: _Passes, H: Any, A1: Any, gb: Any, a: int, b: int) -> None:
     """``H[i, :B] = gbar_b - a1_i F_i`` for both sides (``a1_i = 0`` where not needed).
 
     The same call in the re-orthogonalisation pass and in pass 3, so both see the same bits.
     """
-    B = b - a
-    if W is not None:
-        xp = array_namespace(gb)
-        ones = xp.ones((2,), dtype=gb.dtype, device=device_of(gb))
-        residual_into(H, (slice(None), slice(0, B)), ones, gb, A1, W[:, a:b])
-        return
-    r = int(A1.shape[1]) // 2
-    for i, sd in enumerate(sides):
-        residual_into(H, (i, slice(0, B)), 1.0, gb, A1[i, i * r:(i + 1) * r], sd.Ft[:, a:b])
+    ones = P.xp.ones((2,), dtype=gb.dtype, device=device_of(gb))
+    P.ops.residual_into(H, (slice(None), slice(0, b - a)), ones, gb, A1, P.W[:, a:b])
 
 
 def _symmetric_coefficients(
-    xp: Any, S: Any, c1: Any, a1: Any, a: Any, h: float, C: Any, GY: Any, yg: Any, n: float,
-    b: float, root: float, dt: Any,
+    xp: Any,
+    S: Any,
+    c1: Any,
+    a1: Any,
+    a: Any,
+    h: float,
+    C: Any,
+    GY: Any,
+    yg: Any,
+    n: float,
+    b: float,
+    root: float,
+    dt: Any,
 ) -> tuple[Any, Any] | None:
-    """``(alpha, coef_g)`` with ``G^{-1/2} g = g / sqrt(eps) + [U V] alpha + coef_g gbar`` (A.4.2).
+    """``(alpha, coef_g)`` with ``G^{-1/2} g = g / sqrt(eps) + [U V] alpha + coef_g gbar``.
 
     ``M^+ = U S V^T + b gbar y^T``, ``y = gbar - V S^T a1`` (``a1 = U^T gbar``), acts in
     ``span[U, V, gbar]``. Its orthonormal basis is ``Z = [U, Q]`` with ``Q = Y2 E lam^{-1/2}``
@@ -636,7 +853,8 @@ def _symmetric_coefficients(
     the projection of ``gbar`` on ``U``, refined by CGS2 where the published step needed it)
     has the Gram matrix ``E diag(lam) E^T``. The core ``m = Z^T M^+ Z`` and ``Z^T g`` are
     small expressions (``U^T g = sqrt(eps)(a1 + t)``, ``gbar^T g = sqrt(eps)(n + t^T a1)``);
-    ``p = eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` as in A.4.2.
+    ``p = eps^{-1/2}(g + Z (|I - m| - I) Z^T g)`` (:ref:`theory-adagram-directions` in
+    ``docs/theory.rst``).
 
     **The Gram matrix of Y2, without a pass of its own.** ``sqrt(lam)`` are the sines of the
     principal angles between ``span[V, gbar/nu]`` and ``span U``. In AdaGram they are tiny:
@@ -662,8 +880,8 @@ def _symmetric_coefficients(
     Measured against dense SVD references (random, least-squares, low-dimensional and
     repeated gradient streams, d = 200, r = 5, 300 steps, eps = 0.1, 1e-4, 1e-8;
     ``asv_bench/scripts/symmetric_accuracy.py``) the errors are those of the general
-    (Householder) path to within 2x (both ``~u sqrt(lambda/eps)``,
-    A.15) and no step fell in between. Earlier versions formed ``Y`` in a separate pass (9 to
+    (Householder) path to within 2x (both ``~u sqrt(lambda/eps)``)
+    and no step fell in between. Earlier versions formed ``Y`` in a separate pass (9 to
     35 ms of a 30 to 60 ms step at d = 1e6, r = 5).
     """
     r = int(S.shape[0])
@@ -673,10 +891,13 @@ def _symmetric_coefficients(
     inv_nu = 1.0 / nu
     P = xp.concat([C, xp.reshape(a * inv_nu, (r, 1))], axis=1)  # [V, gbar/nu] = U P + Y2
     ygn = xp.reshape(yg * inv_nu, (r, 1))
-    G2 = xp.concat([
-        xp.concat([GY, ygn], axis=1),
-        xp.concat([ygn.T, xp.asarray([[(h * inv_nu) ** 2]], dtype=cdt, device=dev)], axis=1),
-    ], axis=0)
+    G2 = xp.concat(
+        [
+            xp.concat([GY, ygn], axis=1),
+            xp.concat([ygn.T, xp.asarray([[(h * inv_nu) ** 2]], dtype=cdt, device=dev)], axis=1),
+        ],
+        axis=0,
+    )
     lam, E = xp.linalg.eigh((G2 + G2.T) / 2)
     sv = xp.sqrt(xp.clip(lam, min=0.0))
     gray = (sv > SYM_DROP) & (sv < SYM_KEEP)
@@ -689,16 +910,19 @@ def _symmetric_coefficients(
     sk = xp.take(sv, idx)  # (k,)
     # coordinates in Z = [U, Q] of U, V and gbar (Y2 = Q diag(sk) Ek^T)
     Zc = xp.concat([P, xp.reshape(sk, (k, 1)) * Ek.T], axis=0)  # (r+k, r+1)
-    Zu = xp.concat([xp.eye(r, dtype=cdt, device=dev), xp.zeros((k, r), dtype=cdt, device=dev)],
-                   axis=0)
+    Zu = xp.concat(
+        [xp.eye(r, dtype=cdt, device=dev), xp.zeros((k, r), dtype=cdt, device=dev)], axis=0
+    )
     Zv, Zg = Zc[:, :r], Zc[:, r] * nu
     m = Zu @ S @ Zv.T + b * _outer(Zg, Zg - Zv @ (S.T @ a1))
     q = r + k
     _, sig, Wrt = xp.linalg.svd(xp.eye(q, dtype=cdt, device=dev) - m, full_matrices=False)
     t = (S @ c1) / root
     ug = root * (a1 + t)  # U^T g
-    Yg = xp.concat([c1, xp.asarray([root * (n + float(t @ a1)) * inv_nu], dtype=cdt,
-                                   device=dev)]) - P.T @ ug  # Y2^T g
+    Yg = (
+        xp.concat([c1, xp.asarray([root * (n + float(t @ a1)) * inv_nu], dtype=cdt, device=dev)])
+        - P.T @ ug
+    )  # Y2^T g
     zg = xp.concat([ug, (Ek.T @ Yg) / sk])  # Z^T g
     c = Wrt.T @ (sig * (Wrt @ zg)) - zg  # (|I - m| - I) Z^T g
     wq = Ek @ (c[r:] / sk)  # coefficients of the Y2 columns [V, gbar/nu]
@@ -706,19 +930,10 @@ def _symmetric_coefficients(
     return xp.astype(alpha, dt), float(wq[r]) * inv_nu / root
 
 
-
-def _symmetric_into(
-    xp: Any, p: Any, a: int, b: int, gb: Any, inv_root: float, sym: Any, W: Any, Ut: Any,
-    Vt: Any,
-) -> None:
+def _symmetric_into(P: _Passes, p: Any, a: int, b: int, sym: Any) -> None:
     """``p[a:b] = g_b / sqrt(eps) + [U V]_b alpha + coef_g gbar_b`` (``p[a:b]`` holds gbar)."""
     alpha, coef_g = sym
-    r = int(Ut.shape[0])
     tail = p[a:b] * coef_g  # the gbar term, before p[a:b] (which holds gbar) is overwritten
     rows = (slice(a, b),)
-    if W is not None:
-        residual_into(p, rows, inv_root, gb, -alpha, W[:, a:b])
-    else:
-        residual_into(p, rows, inv_root, gb, -alpha[:r], Ut[:, a:b])
-        add_into(p, rows, Vt[:, a:b].T @ alpha[r:])
-    add_into(p, rows, tail)
+    P.ops.residual_into(p, rows, P.inv_root, P.gblock(a, b), -alpha, P.W[:, a:b])
+    P.ops.add_into(p, rows, tail)

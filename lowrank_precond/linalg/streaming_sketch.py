@@ -1,10 +1,11 @@
 """One sketched-AdaGrad step (Frequent Directions + its direction) in two row-blocked passes.
 
-:func:`fd_sketch_step` fuses :func:`~lowrank_precond.linalg.gram_sketch_update` (the
-Frequent-Directions step of ALGORITHMS.md F, ``integrator=None``) on a *full* sketch (``k =
-rank`` columns) with :func:`~lowrank_precond.linalg.sketch_inverse_sqrt_apply` of the new
-sketch to ``g``. Same mathematics (the same ``U diag(sig2) U^T``, ``rho`` and direction to
-rounding), fewer passes over ``d``:
+:func:`try_fd_sketch_step` fuses :func:`~lowrank_precond.linalg.gram_sketch_update` (the
+Frequent-Directions step of :ref:`theory-sketched-adagrad` in ``docs/theory.rst``,
+``integrator=None``) on a *full* sketch (``k = rank`` columns) with
+:func:`~lowrank_precond.linalg.sketch_inverse_sqrt_apply` of the new sketch to ``g``. Same
+mathematics (the same ``U diag(sig2) U^T``, ``rho`` and direction to rounding), fewer passes
+over ``d``:
 
 1. pass 1: ``c = U^T g`` and ``|g|^2`` (reads ``U, g``);
 2. in between, no pass, only small matrices: ``beta^2 = |g|^2 - |c|^2`` is the squared norm
@@ -32,7 +33,10 @@ re-orthonormalises ``U`` first (two more passes, rare: the general path detects 
 free through ``c2`` each step, the streamed one on these steps only; float32 drifts by about
 ``6e-9`` per step, so ``tau = 7.3e-6`` is far from reached in 64 steps).
 
-**torch CPU** tensors run through NumPy views, as in :mod:`.streaming`.
+**Where it runs**, and how it declines: as in :mod:`.streaming` (the kernels of
+:func:`~lowrank_precond.backends.fused.fused_kernels`, a
+:class:`~lowrank_precond.backends.fused.Declined` where they do not apply;
+:func:`fd_sketch_available` for the static part).
 """
 
 from __future__ import annotations
@@ -43,15 +47,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, core_dtype, device_of
-from lowrank_precond.backends.blocked import (
-    Workspace,
-    copy_into,
-    empty,
-    from_numpy_view,
-    numpy_views,
-    residual_into,
-    single_threaded_blas,
-)
+from lowrank_precond.backends.blocked import Workspace
+from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
 from lowrank_precond.linalg.sketch import (
     _NEW_COLUMN_TOL,
     _ORTH_TOL,
@@ -65,7 +62,14 @@ from lowrank_precond.linalg.streaming import (
     _safe_range,
 )
 
-__all__ = ["SKETCH_REFRESH_EVERY", "StreamedSketchStep", "fd_sketch_step"]
+__all__ = [
+    "SKETCH_REFRESH_EVERY",
+    "Declined",
+    "StreamedSketchStep",
+    "fd_sketch_available",
+    "fd_sketch_step",
+    "try_fd_sketch_step",
+]
 
 #: ``sketched_adagrad`` measures ``U^T U`` in pass 1 every this many streamed steps
 SKETCH_REFRESH_EVERY = 64
@@ -73,7 +77,7 @@ SKETCH_REFRESH_EVERY = 64
 
 @dataclass(frozen=True)
 class StreamedSketchStep:
-    """Result of :func:`fd_sketch_step`.
+    """Result of :func:`try_fd_sketch_step`.
 
     Attributes
     ----------
@@ -89,6 +93,37 @@ class StreamedSketchStep:
     direction: Any
 
 
+def fd_sketch_available(like: Any, d: int, rank: int, *, dtype: Any = None) -> tuple[bool, str]:
+    """Whether :func:`try_fd_sketch_step` can run, before any step: ``(True, "")`` or
+    ``(False, reason)``.
+
+    Static conditions only: the backend and device of ``like`` have fused kernels, the
+    sketch ``dtype`` (default ``like.dtype``) is float32 or float64, and
+    ``d >= rank + 2``. The step itself also needs a full sketch (``rank`` columns), which
+    the caller knows, and declines at run time for the gradient's reasons.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fd_sketch_available(np.zeros(1), 100, 5)
+    (True, '')
+    >>> fd_sketch_available(np.zeros(1), 6, 5)
+    (False, 'd = 6 is below rank + 2 = 7 (rank 5): too small for the fused step')
+    """
+    declined = _static_decline(like, d, rank, like.dtype if dtype is None else dtype)
+    return (True, "") if declined is None else (False, declined.reason)
+
+
+def _static_decline(like: Any, d: int, k: int, dtype: Any) -> Declined | None:
+    declined = fused_declined(like, dtype)
+    if declined is not None:
+        return declined
+    if k < 1 or d < k + 2:
+        reason = f"d = {d} is below rank + 2 = {k + 2} (rank {k}): too small for the fused step"
+        return Declined("size", reason)
+    return None
+
+
 def fd_sketch_step(
     sketch: GramSketch,
     g: Any,
@@ -100,6 +135,34 @@ def fd_sketch_step(
     refresh: bool = False,
     workspace: Workspace | None = None,
 ) -> StreamedSketchStep | None:
+    """:func:`try_fd_sketch_step` with ``None`` in place of its
+    :class:`~lowrank_precond.backends.fused.Declined` (the reason is dropped).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((20, 2)))
+    >>> fd_sketch_step(GramSketch(U, np.ones(2), 0.0), np.zeros(20), 0.1) is None  # g = 0
+    True
+    """
+    res = try_fd_sketch_step(
+        sketch, g, eps, shrink=shrink, feed_scale=feed_scale, apply_scale=apply_scale,
+        refresh=refresh, workspace=workspace,
+    )  # fmt: skip
+    return None if isinstance(res, Declined) else res
+
+
+def try_fd_sketch_step(
+    sketch: GramSketch,
+    g: Any,
+    eps: float,
+    *,
+    shrink: bool = True,
+    feed_scale: float = 1.0,
+    apply_scale: float = 1.0,
+    refresh: bool = False,
+    workspace: Workspace | None = None,
+) -> StreamedSketchStep | Declined:
     """Frequent-Directions update of a full sketch fused with its direction (two passes).
 
     Equivalent to ``new = gram_sketch_update(sketch, feed_scale * g, rank=sketch.rank,
@@ -127,9 +190,12 @@ def fd_sketch_step(
 
     Returns
     -------
-    StreamedSketchStep or None
-        ``None`` where the caller's general path must take the step: an empty sketch,
-        ``d < k + 2``, or ``|g|^2`` zero, non-finite or outside the dtype's safe range (the
+    StreamedSketchStep or Declined
+        :class:`~lowrank_precond.backends.fused.Declined` where the caller's general path
+        must take the step: the static conditions of :func:`fd_sketch_available` (codes
+        ``"backend"``, ``"dtype"``, ``"size"``, the latter also for an empty sketch); arrays
+        a torch tensor cannot share with NumPy (``"view"``); ``|g|^2`` zero, non-finite or
+        outside the dtype's safe range, or a non-finite drift measure (``"gradient"``: the
         general path scales by ``max|g|`` and raises or skips as documented there). Nothing
         is modified.
 
@@ -142,161 +208,112 @@ def fd_sketch_step(
     >>> U, _ = np.linalg.qr(rng.standard_normal((40, 3)))
     >>> sk = GramSketch(U, np.array([3.0, 2.0, 1.0]), 0.1)
     >>> g = rng.standard_normal(40)
-    >>> out = fd_sketch_step(sk, g, 0.5)
+    >>> out = try_fd_sketch_step(sk, g, 0.5)
     >>> ref = gram_sketch_update(sk, g, rank=3)
     >>> bool(np.allclose(out.sketch.dense(0.5), ref.dense(0.5)))
     True
     >>> bool(np.allclose(out.direction, sketch_inverse_sqrt_apply(ref, g, 0.5)))
     True
     """
-    with warnings.catch_warnings(), single_threaded_blas(sketch.U):
+    U = sketch.U
+    declined = _static_decline(U, int(U.shape[0]), int(U.shape[1]), U.dtype)
+    if declined is not None:
+        return declined
+    kernels = fused_kernels(U)
+    host = _to_host(kernels, sketch, g)
+    if isinstance(host, Declined):
+        return host
+    if workspace is None:
+        ops = kernels.ops
+
+        def alloc(shape: tuple[int, ...]) -> Any:
+            return ops.empty(shape, host[0].U.dtype)
+    else:
+
+        def alloc(shape: tuple[int, ...]) -> Any:
+            return workspace.empty(shape, host[0].U)
+
+    scales = (float(feed_scale), float(apply_scale))
+    with warnings.catch_warnings(), kernels.single_threaded():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow: declined below
-        host = _numpy_views(sketch, g)
-        args = (eps, shrink, feed_scale, apply_scale, refresh, workspace)
-        if host is None:
-            return _step(sketch, g, *args)
-        res = _step(host[0], host[1], *args)
-        if res is None:
-            return None
-        new = res.sketch
-        return StreamedSketchStep(
-            GramSketch(from_numpy_view(new.U), from_numpy_view(new.sig2),
-                       from_numpy_view(new.rho)),
-            from_numpy_view(res.direction),
+        res = _host_step(kernels.ops, host[0], host[1], eps, shrink, scales, refresh, alloc)
+    if isinstance(res, Declined):
+        return res
+    new = res.sketch
+    wrap = kernels.wrap
+    return StreamedSketchStep(
+        GramSketch(wrap(new.U), wrap(new.sig2), wrap(new.rho)), wrap(res.direction)
+    )
+
+
+def _to_host(
+    kernels: FusedKernels, sketch: GramSketch, g: Any
+) -> tuple[GramSketch, Any] | Declined:
+    views = tuple(kernels.host(x) for x in (sketch.U, sketch.sig2, sketch.rho, g))
+    if any(v is None for v in views):
+        return Declined(
+            "view",
+            "the sketch or the gradient have no NumPy view (e.g. a "
+            "tensor with the negative or conjugate bit set, or another dtype)",
         )
+    return GramSketch(*views[:3]), views[3]
 
 
-def _numpy_views(sketch: GramSketch, g: Any) -> tuple[GramSketch, Any] | None:
-    views = numpy_views(sketch.U, sketch.sig2, sketch.rho, g)
-    return None if views is None else (GramSketch(*views[:3]), views[3])
+class _Passes:
+    """What the passes over ``d`` read (host arrays)."""
+
+    def __init__(self, ops: Any, U: Any, g: Any):
+        self.ops = ops
+        self.xp = xp = array_namespace(U)
+        self.d, self.k = d, k = int(U.shape[0]), int(U.shape[1])
+        self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
+        self.g = g
+        self.Ut = U.T
+        if not _row_contiguous(self.Ut):  # e.g. from the general path: one copy into rows
+            self.Ut = _row_copy(ops, U)
+        self.blocks = _row_blocks(d, k, U.dtype, xp, write=False)
+        self.wblocks = _row_blocks(d, k, U.dtype, xp, write=True)
 
 
-def _step(
-    sketch: GramSketch, g: Any, eps: float, shrink: bool, feed_scale: float,
-    apply_scale: float, refresh: bool, workspace: Workspace | None,
-) -> StreamedSketchStep | None:
-    U, sig2 = sketch.U, sketch.sig2
-    xp = array_namespace(U)
-    d, k = int(U.shape[0]), int(U.shape[1])
-    if k < 1 or d < k + 2:
-        return None
-    dt = U.dtype
-    cdt = core_dtype(U)
-    dev = device_of(U)
-    u = float(xp.finfo(dt).eps) / 2
-    tau = _ORTH_TOL * u * math.sqrt(k + 1)
-
-    def alloc(shape: tuple[int, ...]) -> Any:
-        return empty(shape, U) if workspace is None else workspace.empty(shape, U)
-
-    Ut = U.T
-    if not _row_contiguous(Ut):  # e.g. from the general path: one copy into (k, d) rows
-        Ut = _row_copy(U)
-    blocks = _row_blocks(d, k, U, write=False)
-    wblocks = _row_blocks(d, k, U, write=True)
-
-    # ---- pass 1: c = U^T g, |g|^2 (and U^T U on refresh steps)
-    c1, gg, K = _project(xp, Ut, g, blocks, refresh)
+def _host_step(
+    ops: Any, sketch: GramSketch, g: Any, eps: float, shrink: bool, scales: Any,
+    refresh: bool, alloc: Any,
+) -> StreamedSketchStep | Declined:  # fmt: skip
+    """The whole step on host arrays: pass 1, the residual, the core, pass 2."""
+    P = _Passes(ops, sketch.U, g)
+    xp, cdt, k = P.xp, P.cdt, P.k
+    sig2 = sketch.sig2
+    c1, gg, K = _pass_project(P, refresh)
     if refresh:
-        drift = float(xp.max(xp.abs(xp.astype(K, cdt) - xp.eye(k, dtype=cdt, device=dev))))
+        u = float(xp.finfo(P.dt).eps) / 2
+        drift = float(xp.max(xp.abs(xp.astype(K, cdt) - xp.eye(k, dtype=cdt, device=P.dev))))
         if not math.isfinite(drift):
-            return None
-        if drift > tau:
-            U2, sig2 = _reorthonormalize(xp, U, sig2)
-            Ut = _row_copy(U2)
-            c1, gg, _ = _project(xp, Ut, g, blocks, False)
-    lo, hi = _safe_range(xp, dt)
+            return Declined("gradient", "U^T U is not finite")
+        if drift > _ORTH_TOL * u * math.sqrt(k + 1):
+            U2, sig2 = _reorthonormalize(xp, sketch.U, sig2)
+            P.Ut = _row_copy(ops, U2)
+            c1, gg, _ = _pass_project(P, False)
+    lo, hi = _safe_range(xp, P.dt)
     c1c = xp.astype(c1, cdt)
     csq = float(c1c @ c1c)
     if not (lo < gg < hi) or not math.isfinite(csq):
-        return None
-
-    # ---- the residual h = g - U c: implicit, or explicit (CGS2) when g is nearly in span U
-    beta2 = gg - csq
-    c2 = H = None
-    if beta2 < EXTEND_MIN * gg:
-        H = empty((1, wblocks[0][1] - wblocks[0][0]), U)  # h1 by blocks, also in pass 2
-        c2 = xp.zeros((k,), dtype=dt, device=dev)
-        hh = 0.0
-        for a, b in wblocks:  # the writing pass's blocks: h1 is recomputed there bit for bit
-            hb = _first_residual(H, g, c1, Ut, a, b)
-            c2 = c2 + Ut[:, a:b] @ hb
-            hh += float(hb @ hb)
-        c2c = xp.astype(c2, cdt)
-        beta2 = hh - float(c2c @ c2c)
-        cc = c1c + c2c
-    else:
-        cc = c1c
-    beta = math.sqrt(max(beta2, 0.0))
-    new_column = beta > _NEW_COLUMN_TOL * u * math.sqrt(gg)
-
-    # ---- small algebra (core dtype): the core, its SVD, rho, sig2, the direction's coefficients
-    fs = float(feed_scale)
-    W, keep, sig2_new, rho = _fd_core(
-        xp, xp.astype(sig2, cdt), cc * fs, beta * fs if new_column else None, k, shrink,
-        xp.astype(sketch.rho, cdt),
-    )
-    Wk = W[:, :keep]
-    # U_new^T g = W^T [U^T g; q^T g] = W^T [c1; beta] (q = h / beta is orthogonal to U)
-    ug = Wk.T @ (xp.concat([c1c, xp.asarray([beta], dtype=cdt, device=dev)]) if new_column
-                 else c1c)
-    ac = float(apply_scale)
-    base = eps + float(rho) / ac
-    sb = math.sqrt(base)
-    s2a = sig2_new / ac
-    sbs = xp.sqrt(base + s2a)
-    cv = xp.astype((-s2a / (sb * sbs * (sb + sbs))) * ug, dt)
-    # U_new rows = A U_b + w h_b with A = W_top^T (minus w c^T where h is implicit)
-    if new_column:
-        w = Wk[k, :] / beta
-        A = Wk[:k, :].T - (xp.reshape(w, (keep, 1)) * xp.reshape(c1c, (1, k))
-                           if c2 is None else 0.0)
-        wt = xp.astype(w, dt)
-    else:
-        A = Wk.T
-        wt = xp.zeros((keep,), dtype=dt, device=dev)
-    negA = xp.astype(-A, dt)
-
-    # ---- pass 2: U_new (one (keep, d) buffer) and p = g / sqrt(base) + U_new cv
-    W1 = alloc((keep, d))
-    p = alloc((d,))
-    inv_sb = 1.0 / sb
-    for a, b in wblocks:
-        rows = (slice(None), slice(a, b))
-        Fb = Ut[:, a:b]
-        if c2 is None:  # h_b = g_b - c^T U_b folded into A: W1_b = w g_b^T - (-A) U_b
-            residual_into(W1, rows, wt, g[a:b], negA, Fb)
-        else:  # CGS2: h_b = (g_b - c1^T U_b) - c2^T U_b, then W1_b = w h_b^T + A U_b
-            hb = _first_residual(H, g, c1, Ut, a, b)
-            residual_into(H, (0, slice(0, b - a)), 1.0, hb, c2, Fb)
-            residual_into(W1, rows, wt, H[0, : b - a], negA, Fb)
-        residual_into(p, (slice(a, b),), inv_sb, g[a:b], -cv, W1[:, a:b])
-    new = GramSketch(W1.T, xp.astype(sig2_new, dt), xp.asarray(xp.astype(rho, dt)))
+        return Declined("gradient", f"|g|^2 = {gg:.3g} is zero, non-finite or out of range")
+    beta, c2, H = _residual(P, c1, c1c, gg, csq)
+    core = _core(P, sketch, sig2, c1c, c2, beta, gg, eps, shrink, scales)
+    W1, p = _pass_write(P, core, c1, c2, H, alloc)
+    new = GramSketch(W1.T, xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt)))
     return StreamedSketchStep(new, p)
 
 
-def _row_copy(U: Any) -> Any:
-    """``U.T`` ``(k, d)`` copied into a row-contiguous buffer."""
-    Ut = empty((int(U.shape[1]), int(U.shape[0])), U)
-    copy_into(Ut, (slice(None), slice(None)), U.T)
-    return Ut
-
-
-def _row_contiguous(Ft: Any) -> bool:
-    """Whether the ``(k, d)`` array has unit stride along ``d`` (NumPy only; else True)."""
-    strides = getattr(Ft, "strides", None)
-    return not isinstance(strides, tuple) or strides[1] == Ft.itemsize
-
-
-def _project(xp: Any, Ut: Any, g: Any, blocks: Any, gram: bool) -> tuple[Any, float, Any]:
-    """``(U^T g, |g|^2, U^T U or None)`` in one pass over ``U`` and ``g``."""
-    k = int(Ut.shape[0])
-    c = xp.zeros((k,), dtype=Ut.dtype, device=device_of(Ut))
+def _pass_project(P: _Passes, gram: bool) -> tuple[Any, float, Any]:
+    """Pass 1: ``(U^T g, |g|^2, U^T U or None)`` in one pass over ``U`` and ``g``."""
+    xp, Ut = P.xp, P.Ut
+    c = xp.zeros((P.k,), dtype=Ut.dtype, device=device_of(Ut))
     K = None
     gg = 0.0
-    for a, b in blocks:
+    for a, b in P.blocks:
         Fb = Ut[:, a:b]
-        gb = g[a:b]
+        gb = P.g[a:b]
         c = c + Fb @ gb
         gg += float(gb @ gb)
         if gram:
@@ -304,7 +321,105 @@ def _project(xp: Any, Ut: Any, g: Any, blocks: Any, gram: bool) -> tuple[Any, fl
     return c, gg, K
 
 
-def _first_residual(H: Any, g: Any, c1: Any, Ut: Any, a: int, b: int) -> Any:
+def _residual(P: _Passes, c1: Any, c1c: Any, gg: float, csq: float) -> tuple[float, Any, Any]:
+    """``(beta, c2, H)``: the residual ``h = g - U c`` implicitly (``c2 = H = None``), or
+    explicitly (CGS2) when ``g`` is nearly in span U (the writing pass's blocks: ``h1`` is
+    recomputed there bit for bit)."""
+    xp = P.xp
+    beta2 = gg - csq
+    c2 = H = None
+    if beta2 < EXTEND_MIN * gg:
+        H = P.ops.empty((1, P.wblocks[0][1] - P.wblocks[0][0]), P.dt)
+        c2 = xp.zeros((P.k,), dtype=P.dt, device=P.dev)
+        hh = 0.0
+        for a, b in P.wblocks:
+            hb = _first_residual(P, H, c1, a, b)
+            c2 = c2 + P.Ut[:, a:b] @ hb
+            hh += float(hb @ hb)
+        c2c = xp.astype(c2, P.cdt)
+        beta2 = hh - float(c2c @ c2c)
+    return math.sqrt(max(beta2, 0.0)), c2, H
+
+
+@dataclass(frozen=True)
+class _Core:
+    """The small algebra's results: new ``sig2``, ``rho``; pass 2's ``wt``, ``negA``, ``cv``,
+    ``1/sqrt(base)``."""
+
+    sig2: Any
+    rho: Any
+    wt: Any
+    negA: Any
+    cv: Any
+    inv_sb: float
+
+
+def _core(
+    P: _Passes, sketch: GramSketch, sig2: Any, c1c: Any, c2: Any, beta: float, gg: float,
+    eps: float, shrink: bool, scales: Any,
+) -> _Core:  # fmt: skip
+    """The core, its SVD, ``rho``, ``sig2`` and the direction's coefficients (core dtype)."""
+    xp, cdt, dev, k = P.xp, P.cdt, P.dev, P.k
+    u = float(xp.finfo(P.dt).eps) / 2
+    cc = c1c if c2 is None else c1c + xp.astype(c2, cdt)
+    new_column = beta > _NEW_COLUMN_TOL * u * math.sqrt(gg)
+    fs, ac = scales
+    W, keep, sig2_new, rho = _fd_core(
+        xp, xp.astype(sig2, cdt), cc * fs, beta * fs if new_column else None, k, shrink,
+        xp.astype(sketch.rho, cdt),
+    )  # fmt: skip
+    Wk = W[:, :keep]
+    # U_new^T g = W^T [U^T g; q^T g] = W^T [c1; beta] (q = h / beta is orthogonal to U)
+    col = xp.concat([c1c, xp.asarray([beta], dtype=cdt, device=dev)]) if new_column else c1c
+    ug = Wk.T @ col
+    base = eps + float(rho) / ac
+    sb = math.sqrt(base)
+    s2a = sig2_new / ac
+    sbs = xp.sqrt(base + s2a)
+    cv = xp.astype((-s2a / (sb * sbs * (sb + sbs))) * ug, P.dt)
+    # U_new rows = A U_b + w h_b with A = W_top^T (minus w c^T where h is implicit)
+    if new_column:
+        w = Wk[k, :] / beta
+        outer = xp.reshape(w, (keep, 1)) * xp.reshape(c1c, (1, k))
+        A = Wk[:k, :].T - (outer if c2 is None else 0.0)
+        wt = xp.astype(w, P.dt)
+    else:
+        A = Wk.T
+        wt = xp.zeros((keep,), dtype=P.dt, device=dev)
+    return _Core(sig2_new, rho, wt, xp.astype(-A, P.dt), cv, 1.0 / sb)
+
+
+def _pass_write(P: _Passes, core: _Core, c1: Any, c2: Any, H: Any, alloc: Any) -> tuple[Any, Any]:
+    """Pass 2: ``U_new`` (one ``(keep, d)`` buffer) and ``p = g / sqrt(base) + U_new cv``."""
+    ops = P.ops
+    W1 = alloc((int(core.wt.shape[0]), P.d))
+    p = alloc((P.d,))
+    for a, b in P.wblocks:
+        rows = (slice(None), slice(a, b))
+        Fb = P.Ut[:, a:b]
+        if c2 is None:  # h_b = g_b - c^T U_b folded into A: W1_b = w g_b^T - (-A) U_b
+            ops.residual_into(W1, rows, core.wt, P.g[a:b], core.negA, Fb)
+        else:  # CGS2: h_b = (g_b - c1^T U_b) - c2^T U_b, then W1_b = w h_b^T + A U_b
+            hb = _first_residual(P, H, c1, a, b)
+            ops.residual_into(H, (0, slice(0, b - a)), 1.0, hb, c2, Fb)
+            ops.residual_into(W1, rows, core.wt, H[0, : b - a], core.negA, Fb)
+        ops.residual_into(p, (slice(a, b),), core.inv_sb, P.g[a:b], -core.cv, W1[:, a:b])
+    return W1, p
+
+
+def _row_copy(ops: Any, U: Any) -> Any:
+    """``U.T`` ``(k, d)`` copied into a row-contiguous buffer."""
+    Ut = ops.empty((int(U.shape[1]), int(U.shape[0])), U.dtype)
+    ops.copy_into(Ut, (slice(None), slice(None)), U.T)
+    return Ut
+
+
+def _row_contiguous(Ft: Any) -> bool:
+    """Whether the ``(k, d)`` host array has unit stride along ``d``."""
+    return Ft.strides[1] == Ft.itemsize
+
+
+def _first_residual(P: _Passes, H: Any, c1: Any, a: int, b: int) -> Any:
     """``h1 = g_b - c1^T U_b`` into ``H[0, :B]`` (the same call in both passes: same bits)."""
-    residual_into(H, (0, slice(0, b - a)), 1.0, g[a:b], c1, Ut[:, a:b])
+    P.ops.residual_into(H, (0, slice(0, b - a)), 1.0, P.g[a:b], c1, P.Ut[:, a:b])
     return H[0, : b - a]

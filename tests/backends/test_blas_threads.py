@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from lowrank_precond.backends import blas
-from lowrank_precond.linalg import LowRank
+from lowrank_precond.backends import blas, numpy_kernels
+from lowrank_precond.linalg import GramSketch, LowRank
 from lowrank_precond.linalg.streaming import ksl_adagram_step
+from lowrank_precond.linalg.streaming_sketch import fd_sketch_step
 
 pytestmark = pytest.mark.skipif(
     not any(i["user_api"] == "blas" for i in threadpoolctl.threadpool_info()),
@@ -140,27 +141,30 @@ def test_two_threads_stepping_concurrently_restore_the_limits(two_blas_threads, 
     assert blas_threads() == two_blas_threads
 
 
-def test_torch_step_runs_single_threaded_blas(two_blas_threads, rng, monkeypatch):
+def test_torch_steps_run_single_threaded_blas(two_blas_threads, rng, monkeypatch):
     """The torch CPU step runs NumPy's BLAS on views of its tensors: limited to one thread
     while it runs (observed from inside a kernel), restored afterwards."""
     torch = pytest.importorskip("torch")
-    from lowrank_precond.backends import blocked
-
     observed = []
-    real = blocked.residual_into
+    real = numpy_kernels.residual_into
 
     def spy(*args, **kwargs):
         observed.append(blas_threads())
         return real(*args, **kwargs)
 
-    import lowrank_precond.linalg.streaming as streaming
-
-    monkeypatch.setattr(streaming, "residual_into", spy)
+    monkeypatch.setattr(numpy_kernels, "residual_into", spy)
     d, r = 200, 3
     U, _ = np.linalg.qr(rng.standard_normal((d, r)))
     V, _ = np.linalg.qr(rng.standard_normal((d, r)))
     M = LowRank(torch.from_numpy(U), torch.eye(r, dtype=torch.float64), torch.from_numpy(V))
     out = ksl_adagram_step(M, torch.from_numpy(rng.standard_normal(d)), 0.1)
+    assert out is not None and isinstance(out.direction, torch.Tensor)
+    assert observed and all(n == 1 for seen in observed for _, n in seen)
+    assert blas_threads() == two_blas_threads
+    observed.clear()
+    sk = GramSketch(torch.from_numpy(U.copy()), torch.ones(r, dtype=torch.float64),
+                    torch.tensor(0.0, dtype=torch.float64))  # fmt: skip
+    out = fd_sketch_step(sk, torch.from_numpy(rng.standard_normal(d)), 0.1)
     assert out is not None and isinstance(out.direction, torch.Tensor)
     assert observed and all(n == 1 for seen in observed for _, n in seen)
     assert blas_threads() == two_blas_threads

@@ -26,7 +26,8 @@ def random_sketch(rng, d, k, rho=0.3):
 
 
 def dense_fd(sk, g, shrink):
-    """ALGORITHMS.md F densely: eigen-decompose U diag(sig2) U^T + g g^T, keep k, shift."""
+    """Frequent Directions densely (docs/theory.rst, theory-sketched-adagrad): eigen-decompose
+    U diag(sig2) U^T + g g^T, keep k, shift."""
     k = sk.rank
     A = (sk.U * sk.sig2) @ sk.U.T + np.outer(g, g)
     lam, E = np.linalg.eigh(A)
@@ -98,8 +99,9 @@ def test_refresh_repairs_drift(rng):
 
 
 def _run(run_streamed, grads, streamed, **kw):
-    return run_streamed(sketched_module, "fd_sketch_step", pc.sketched_adagrad, grads, streamed,
-                        **kw)
+    return run_streamed(
+        sketched_module, "fd_sketch_step", pc.sketched_adagrad, grads, streamed, **kw
+    )
 
 
 @pytest.mark.parametrize("stream", ["random", "repeated", "zeros"])
@@ -132,8 +134,11 @@ def test_torch_bit_for_bit_with_numpy(rng):
     torch = pytest.importorskip("torch")
     d, k = 64, 3
     sk = random_sketch(rng, d, k)
-    skt = GramSketch(torch.from_numpy(sk.U.copy()), torch.from_numpy(sk.sig2.copy()),
-                     torch.from_numpy(np.asarray(sk.rho).copy()))
+    skt = GramSketch(
+        torch.from_numpy(sk.U.copy()),
+        torch.from_numpy(sk.sig2.copy()),
+        torch.from_numpy(np.asarray(sk.rho).copy()),
+    )
     for i in range(6):
         g = rng.standard_normal(d)
         a = fd_sketch_step(sk, g, 0.1, refresh=i == 3)
@@ -150,7 +155,7 @@ def test_float32_close_to_float64(rng):
     d, r = 80, 4
     grads = [rng.standard_normal(d) for _ in range(30)]
     p64 = pc.sketched_adagrad(rank=r, eps=0.1)
-    p32 = pc.sketched_adagrad(rank=r, eps=0.1)
+    p32 = pc.sketched_adagrad(rank=r, eps=0.1, factor_dtype="float32")  # a float32 sketch
     s64, s32 = p64.init(np.zeros(d)), p32.init(np.zeros(d, dtype=np.float32))
     for g in grads:
         a, s64 = p64.update(g, s64)
