@@ -1,6 +1,9 @@
-"""The in-place block helpers and the recycling Workspace (lowrank_precond.backends.blocked)."""
+"""The recycling Workspace (lowrank_precond.backends.blocked): memory is reused only once no
+object can reach the array it was lent as, decided by lifetime (a finaliser), not by counting
+references."""
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -14,13 +17,16 @@ def _address(x):
     return x.data_ptr()
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_workspace_reuses_only_unreferenced_buffers(kind):
+def _like(kind):
     if kind == "torch":
         torch = pytest.importorskip("torch")
-        like = torch.zeros(1, dtype=torch.float64)
-    else:
-        like = np.zeros(1)
+        return torch.zeros(1, dtype=torch.float64)
+    return np.zeros(1)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_workspace_reuses_only_unreachable_buffers(kind):
+    like = _like(kind)
     ws = Workspace(keep=2)
     a = ws.empty((3, 5), like)
     b = ws.empty((3, 5), like)
@@ -34,17 +40,96 @@ def test_workspace_reuses_only_unreferenced_buffers(kind):
     del view
     gc.collect()
     d = ws.empty((3, 5), like)
-    assert _address(d) == a_addr  # nothing refers to it any more: handed back
+    assert _address(d) == a_addr  # nothing reaches it any more: handed back
     assert type(d) is type(like) and d.dtype == like.dtype and tuple(d.shape) == (3, 5)
     # other shapes and dtypes are separate pools
     assert tuple(ws.empty((4,), like).shape) == (4,)
 
 
-def test_workspace_pool_is_bounded():
+def _holders(x):
+    """Objects that see ``x``'s memory without being ``x``: each must keep it from reuse."""
+    yield "slice", x[1:]
+    yield "transpose of a slice", x[:, 1:].T
+    yield "memoryview", memoryview(x) if isinstance(x, np.ndarray) else x.numpy().data
+    if isinstance(x, np.ndarray):
+        yield "as_strided", np.lib.stride_tricks.as_strided(x, shape=(2, 4), strides=x.strides)
+        yield "reshape", x.reshape(-1)
+        try:
+            import torch
+        except ImportError:
+            return
+        yield "torch.from_numpy", torch.from_numpy(x)[1:]
+    else:
+        yield ".numpy() of a view", x[1:].numpy()
+        yield "dlpack", np.from_dlpack(x)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_every_kind_of_view_keeps_the_memory(kind):
+    """Whatever object still sees the memory (views of views, memoryviews, tensors made from
+    it, arrays made from those tensors), the memory is not lent again; once it is dropped,
+    it is."""
+    like = _like(kind)
+    ws = Workspace(keep=4)
+    probe = ws.empty((3, 4), like)
+    for name, holder in list(_holders(probe)):
+        x = ws.empty((3, 4), like)
+        addr = _address(x)
+        x[...] = 7.0
+        holders = dict(_holders(x))
+        holder = holders.pop(name)
+        del x, holders
+        gc.collect()
+        others = [ws.empty((3, 4), like) for _ in range(3)]
+        assert addr not in {_address(o) for o in others}, name
+        assert float(np.asarray(holder if not hasattr(holder, "numpy") else holder.numpy()
+                                ).ravel()[0]) == 7.0, name  # fmt: skip
+        del others, holder
+        gc.collect()
+
+
+def test_workspace_keeps_a_bounded_number_of_spares():
     ws = Workspace(keep=2)
-    held = [ws.empty((8,), np.zeros(1)) for _ in range(5)]  # all referenced: 5 distinct
+    held = [ws.empty((8,), np.zeros(1)) for _ in range(5)]  # all reachable: 5 distinct
     assert len({_address(h) for h in held}) == 5
-    assert len(ws._buffers[((8,), np.dtype(np.float64))]) == 2
+    del held
+    gc.collect()
+    assert len(ws._spare[((8,), np.dtype(np.float64))]) == 2
+
+
+def test_workspace_dies_with_buffers_still_lent():
+    """An array may outlive its workspace: its memory is then simply freed with it."""
+    ws = Workspace()
+    a = ws.empty((6,), np.zeros(1))
+    a[:] = 1.0
+    del ws
+    gc.collect()
+    assert a.sum() == 6.0
+    del a
+    gc.collect()
+
+
+def test_concurrent_callers_never_share_a_buffer():
+    ws = Workspace(keep=8)
+    like = np.zeros(1)
+    seen, errors = [], []
+
+    def run():
+        try:
+            for _ in range(300):
+                x = ws.empty((16,), like)
+                x[:] = threading.get_ident()
+                seen.append(bool((x == threading.get_ident()).all()))
+                del x
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(seen) == 900 and all(seen)
 
 
 def test_workspace_falls_back_for_other_backends():
