@@ -114,37 +114,3 @@ def xp_fast(request) -> Backend:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261123)
-
-
-@pytest.fixture
-def run_streamed(monkeypatch):
-    """Run a preconditioner over a gradient stream with its streamed step on or off.
-
-    ``run(module, name, factory, grads, streamed, **kw) -> (directions, states, calls)``:
-    ``module.name`` (the streamed-step entry the factory calls) is wrapped so that it is
-    called and its result used (``streamed=True``) or replaced by ``None``, the value with
-    which it declines, so that the general path takes every step; ``calls`` records, per
-    call, whether the streamed step was taken. Directions are copied to NumPy arrays.
-    """
-
-    def run(module, name, factory, grads, streamed, **kw):
-        calls = []
-        real = getattr(module, name)
-
-        def spy(*args, **kwargs):
-            out = real(*args, **kwargs) if streamed else None
-            calls.append(out is not None)
-            return out
-
-        with monkeypatch.context() as m:
-            m.setattr(module, name, spy)
-            pre = factory(**kw)
-            state = pre.init(grads[0])
-            ps, states = [], []
-            for g in grads:
-                p, state = pre.update(g, state)
-                ps.append(np.array(p))
-                states.append(state)
-        return ps, states, calls
-
-    return run

@@ -61,12 +61,15 @@ from lowrank_precond.backends import (
     check_in,
     check_int,
     check_positive,
+    quiet_floating_point,
 )
 
 __all__ = [
+    "IMPLS",
     "MatrixLayout",
     "adam_ratio",
     "as_direction",
+    "safe_norm",
     "bias_correction",
     "check_beta",
     "check_betas",
@@ -241,6 +244,9 @@ def flat_grad(grad: Any, d: int) -> Any:
     return array_namespace(grad).reshape(grad, (d,))
 
 
+#: accepted values of ``impl`` (the methods with a fused implementation)
+IMPLS = ("auto", "reference", "fused")
+
 #: accepted names of ``factor_dtype``
 FACTOR_DTYPES = ("float32", "float64")
 
@@ -283,6 +289,29 @@ def factor_dtype_for(xp: Any, param_dtype: Any, factor_dtype: str | None) -> Any
         return getattr(xp, factor_dtype)
     low = [getattr(xp, n) for n in ("float32", "float16", "bfloat16") if hasattr(xp, n)]
     return xp.float64 if any(param_dtype == t for t in low) else param_dtype
+
+
+def safe_norm(g: Any) -> float:
+    """``|g|`` as a Python float, rescaled where the plain norm overflows or underflows
+    (``nan``/``inf`` for a non-finite ``g``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bool(np.isclose(safe_norm(np.array([3e200, 4e200])), 5e200))
+    True
+    >>> bool(np.isclose(safe_norm(np.array([3e-200, 4e-200])), 5e-200))
+    True
+    """
+    xp = array_namespace(g)
+    with quiet_floating_point(g):  # an overflowing plain norm is expected, and handled
+        n = float(xp.linalg.vector_norm(g))
+        if n != 0.0 and math.isfinite(n):
+            return n
+        m = float(xp.max(xp.abs(g)))
+        if m == 0.0 or not math.isfinite(m):
+            return m if n == 0.0 else n
+        return m * float(xp.linalg.vector_norm(g / m))
 
 
 def as_direction(p: Any, grad: Any) -> Any:

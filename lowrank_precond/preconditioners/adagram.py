@@ -18,11 +18,12 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
 from lowrank_precond.backends.blocked import Workspace
+from lowrank_precond.backends.fused import Declined
 from lowrank_precond.linalg.factorization import (
     inverse_factor_update,
     newton_direction,
@@ -37,26 +38,27 @@ from lowrank_precond.linalg.integrators import (
     truncated_svd,
 )
 from lowrank_precond.linalg.lowrank import Factored, LowRank
-from lowrank_precond.linalg.streaming import REFRESH_EVERY, ksl_adagram_step
+from lowrank_precond.linalg.streaming import (
+    REFRESH_EVERY,
+    ksl_adagram_available,
+    try_ksl_adagram_step,
+)
 from lowrank_precond.preconditioners._common import (
-    as_direction,
-    bias_correction,
+    IMPLS,
     check_betas,
     check_eps,
     check_factor_dtype,
     check_param,
-    ema,
     factor_dtype_for,
     flat_grad,
+    safe_norm,
 )
-from lowrank_precond.preconditioners.base import (
-    Preconditioner,
-    check_statistic,
-    make_preconditioner,
-)
+from lowrank_precond.preconditioners.base import Preconditioner, check_statistic
+from lowrank_precond.preconditioners.compose import precondition
 
 __all__ = [
     "DIRECTIONS",
+    "IMPLS",
     "INTEGRATORS",
     "AdaGramState",
     "AdamGramState",
@@ -102,6 +104,12 @@ class AdaGramState:
     S : array, shape (r, r)
         Core of the truncated form (diagonal only for ``integrator="truncated_svd"``);
         ``(0, 0)`` while exact.
+    last_impl : str
+        Which implementation ran the last step: ``"fused"`` (the row-blocked KSL step of
+        :mod:`lowrank_precond.linalg.streaming`), ``"reference"``, or ``"reference: <why>"``
+        when ``impl="auto"`` or ``"fused"`` wanted the fused step and this step could not
+        take it (the warm-up steps before truncation, or a gradient whose geometry the fused
+        kernel leaves to the reference path).
 
     All arrays have the factor dtype (see ``factor_dtype`` in :func:`adagram`) and the
     parameter's device. :attr:`factor` returns ``M`` as a ``Factored`` or ``LowRank``, e.g. for
@@ -116,6 +124,7 @@ class AdaGramState:
     U: Any
     S: Any
     V: Any
+    last_impl: str = field(default="reference", kw_only=True)
 
     @property
     def truncated(self) -> bool:
@@ -217,60 +226,43 @@ class _Updated:
         return self.old.rmatvec(v) + self.info.y * xp.vecdot(self.info.x, v)
 
 
-class _StreamedInfo:
-    """What the streamed step leaves for ``update``: ``nu`` and the finished direction."""
-
-    skipped = False
-
-    def __init__(self, nu: float, direction: Any):
-        self.nu, self.direction = nu, direction
-
-
 def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
     z = xp.zeros((d, 0), dtype=dtype, device=device)
     return {"P": z, "Q": z, "U": z, "S": xp.zeros((0, 0), dtype=dtype, device=device), "V": z}
 
 
-def _norm(xp: Any, g: Any) -> float:
-    """``|g|`` as a Python float; rescaled when the plain norm under/overflows."""
-    n = float(xp.linalg.vector_norm(g))
-    if n == 0.0 or not math.isfinite(n):
-        m = float(xp.max(xp.abs(g)))
-        n = m * float(xp.linalg.vector_norm(g / m)) if m > 0.0 else 0.0
-    return n
+def _counters(state: AdaGramState, gnorm: float, nu: float, eps: float) -> dict[str, Any]:
+    """``t``, ``sumsq`` and ``last_rho`` after an accepted step (``g != 0``)."""
+    sumsq = state.sumsq + gnorm * gnorm
+    check_statistic("sumsq", sumsq)
+    ratio = math.sqrt(eps) * nu / gnorm
+    return {"t": state.t + 1, "sumsq": sumsq, "last_rho": ratio * ratio}
 
 
-def _streamed(
+def _fused(
     state: AdaGramState, g: Any, eps: float, direction: str, workspace: Workspace
-) -> tuple[_Updated, dict[str, Any]] | None:
+) -> tuple[dict[str, Any], Any] | Declined:
     """The truncated KSL step with its direction in a few row-blocked passes over ``d``.
 
-    :func:`~lowrank_precond.linalg.streaming.ksl_adagram_step` fuses
+    :func:`~lowrank_precond.linalg.streaming.try_ksl_adagram_step` fuses
     ``rank_one_increment`` + ``projector_splitting`` + the published or symmetric direction
-    (same ``M``, same direction, to rounding); ``None`` where it declines (zero/non-finite
-    ``gbar``, tiny ``d``, near-degenerate geometry for the symmetric direction), and the
-    general path takes the step. ``g`` may still be in the parameter's dtype.
+    (same ``M``, same direction, to rounding). Returns the new fields and the direction, or
+    the :class:`~lowrank_precond.backends.fused.Declined` of a step it leaves to the reference
+    path. ``g`` may still be in the parameter's dtype.
     """
     old = LowRank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
-    res = ksl_adagram_step(
+    res = try_ksl_adagram_step(
         old, g, eps, refresh=refresh, direction=direction, workspace=workspace
     )
-    if res is None:
-        return None
+    if isinstance(res, Declined):
+        return res
     gg = res.gnorm_sq
-    if gg > 1e-280 and math.isfinite(gg):
-        gnorm = math.sqrt(gg)
-    else:
-        gnorm = _norm(array_namespace(g), g)
-    ratio = math.sqrt(eps) * res.nu / gnorm
+    gnorm = math.sqrt(gg) if gg > 1e-280 and math.isfinite(gg) else safe_norm(g)
     new = res.lowrank
     fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
-    fields["t"] = state.t + 1
-    fields["sumsq"] = state.sumsq + gnorm * gnorm
-    check_statistic("sumsq", fields["sumsq"])
-    fields["last_rho"] = ratio * ratio
-    return _Updated(old, _StreamedInfo(res.nu, res.direction)), fields
+    fields.update(_counters(state, gnorm, res.nu, eps), last_impl="fused")
+    return fields, res.direction
 
 
 def _advance(
@@ -303,13 +295,8 @@ def _advance(
             new = integrate(recompress(old, rank), info.x, info.y)
             factors = _empty_factors(xp, d, g.dtype, device_of(g))
             factors.update(U=new.U, S=new.S, V=new.V)
-    gnorm = _norm(xp, g)
-    ratio = math.sqrt(eps) * info.nu / gnorm  # g != 0 here, since gbar != 0
     fields = dict(factors)
-    fields["t"] = state.t + 1
-    fields["sumsq"] = state.sumsq + gnorm * gnorm
-    check_statistic("sumsq", fields["sumsq"])
-    fields["last_rho"] = ratio * ratio
+    fields.update(_counters(state, safe_norm(g), info.nu, eps))  # g != 0, since gbar != 0
     return _Updated(old, info, plus), fields
 
 
@@ -336,10 +323,30 @@ def _direction(updated: _Updated, v: Any, kind: str, eps: float, *, v_is_g: bool
     return newton_direction(updated.matrix(), v, eps)
 
 
-class _Core:
-    """What :func:`adagram` and :func:`adamgram` share: validation, init and the factor step."""
+class _View:
+    """:class:`~lowrank_precond.preconditioners.compose.CurvatureView` of one AdaGram step."""
 
-    def __init__(self, rank, integrator, direction, eps, order, tol, factor_dtype):
+    def __init__(self, updated: _Updated | None, g: Any, direction: str, eps: float, own=None):
+        self.updated, self.g, self.kind, self.eps, self._own = updated, g, direction, eps, own
+
+    def own(self) -> Any:
+        if self._own is None:  # the reference step: from M^+ and its by-products
+            self._own = _direction(self.updated, self.g, self.kind, self.eps, v_is_g=True)
+        return self._own
+
+    def apply(self, v: Any) -> Any:
+        return _direction(self.updated, v, self.kind, self.eps, v_is_g=False)
+
+
+class _Curvature:
+    """AdaGram's inverse factor as a :class:`~lowrank_precond.preconditioners.compose.Curvature`.
+
+    Validates the shared arguments once, and picks the implementation of each step:
+    ``impl="fused"`` is checked up front (here for the method, in :meth:`init` for the
+    backend, dtype and size), ``"auto"`` takes the fused step wherever those hold.
+    """
+
+    def __init__(self, rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1):
         self.rank = None if rank is None else check_int("rank", rank, minimum=1)
         self.direction = check_in("direction", direction, DIRECTIONS)
         self.eps = check_eps("eps", eps)
@@ -348,12 +355,23 @@ class _Core:
         _check_integrator(integrator, self.order, self.tol)
         self.integrator = integrator
         self.factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
-        # adagram's truncated KSL step with the published or symmetric direction has a
-        # streamed form (linalg.streaming)
-        self.streamable = (
-            integrator == "projector_splitting" and self.order == 1
-            and self.direction in ("published", "symmetric")
-        )
+        self.impl = check_in("impl", impl, IMPLS)
+        # only the truncated KSL step of the gradient's own direction has a fused form
+        why = None
+        if not (integrator == "projector_splitting" and self.order == 1):
+            why = "the fused step is the KSL step: integrator='projector_splitting', order=1"
+        elif self.direction not in ("published", "symmetric"):
+            why = "the fused step computes the 'published' or 'symmetric' direction"
+        elif self.rank is None:
+            why = "the fused step advances a truncated factor: rank must be an int"
+        elif b1 > 0.0:
+            why = "the fused step computes the gradient's own direction, not the moment's"
+        if why is not None and self.impl == "fused":
+            raise ValueError(f"impl: 'fused' cannot run: {why}")
+        self.fused = self.impl != "reference" and why is None
+        # output buffers of the fused step, recycled once no state or direction uses them
+        self.workspace = Workspace()
+        self.state_cls, self.momentum_state_cls = AdaGramState, AdamGramState
 
     def hyperparams(self) -> dict[str, Any]:
         return {
@@ -364,15 +382,23 @@ class _Core:
             "order": self.order,
             "tol": self.tol,
             "factor_dtype": self.factor_dtype,
+            "impl": self.impl,
         }
 
-    def dtype_for(self, xp: Any, param_dtype: Any) -> Any:
-        return factor_dtype_for(xp, param_dtype, self.factor_dtype)
+    def _available(self, like: Any, d: int, dtype: Any) -> tuple[bool, str]:
+        return ksl_adagram_available(
+            like, d, min(self.rank, d), dtype=dtype, direction=self.direction
+        )
 
-    def init_fields(self, x: Any) -> dict[str, Any]:
+    def init(self, x: Any) -> dict[str, Any]:
         xp = check_param("x", x)
         d = math.prod(x.shape)
-        fields = _empty_factors(xp, d, self.dtype_for(xp, x.dtype), device_of(x))
+        dtype = factor_dtype_for(xp, x.dtype, self.factor_dtype)
+        if self.impl == "fused":
+            ok, why = self._available(x, d, dtype)
+            if not ok:
+                raise ValueError(f"impl: 'fused' cannot run for this parameter: {why}")
+        fields = _empty_factors(xp, d, dtype, device_of(x))
         fields.update(t=0, sumsq=0.0, last_rho=0.0)
         return fields
 
@@ -384,12 +410,31 @@ class _Core:
             return g
         return g if g.dtype == state.P.dtype else xp.astype(g, state.P.dtype)
 
-    def advance(self, state: AdaGramState, g: Any):
-        # the state's own d bounds the rank: with d <= rank, rank d is exact
+    def fields(self, state: AdaGramState) -> dict[str, Any]:
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(AdaGramState)}
+
+    def observe(self, grad: Any, state: AdaGramState, *, own: bool):
+        impl = "reference"
+        if self.fused and own and self._available(state.U, int(state.U.shape[0]), state.U.dtype)[0]:
+            if not state.truncated:
+                impl = "reference: warm-up (the fused step needs a truncated factor)"
+            else:
+                # raw flat gradient: the fused step casts it block by block
+                res = _fused(state, self.flat(grad, state, cast=False), self.eps,
+                             self.direction, self.workspace)
+                if not isinstance(res, Declined):
+                    fields, direction = res
+                    return fields, _View(None, None, self.direction, self.eps, own=direction)
+                impl = f"reference: the fused step declined ({res.code}: {res.reason})"
+        g = self.flat(grad, state)
         d = int(g.shape[0])
+        # the state's own d bounds the rank: with d <= rank, rank d is exact
         rank = None if self.rank is None else min(self.rank, d)
         integrate = _make_integrator(self.integrator, rank or d, self.order, self.tol)
-        return _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
+        updated, fields = _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
+        if fields is not None:
+            fields["last_impl"] = impl
+        return fields, _View(updated, g, self.direction, self.eps)
 
 
 _ARGS_DOC = """
@@ -437,6 +482,20 @@ _ARGS_DOC = """
         ``lambda_max ~ 1e4``; a float64 factor keeps it below ~1e-9 there, so the float32
         output is then exact to float32 rounding.
         Choose ``"float32"`` only when ``eps >= ~1e-6 lambda_max(G)`` (half the memory).
+    impl : {"auto", "reference", "fused"}
+        Which implementation runs a step (as ``foreach=`` / ``fused=`` in ``torch.optim``).
+        ``"reference"``: the array-API linear algebra of :mod:`lowrank_precond.linalg`, on
+        every backend. ``"fused"``: the truncated KSL step and its direction in three
+        row-blocked passes over ``d`` (:mod:`lowrank_precond.linalg.streaming`; same numbers to
+        rounding, about 1.5-2x faster at large ``d``); it needs
+        ``integrator="projector_splitting"``, ``order=1``, the published or symmetric
+        direction, a finite ``rank``, no momentum, a NumPy array or a torch CPU tensor, float64
+        factors for the symmetric direction and ``d >= 2 rank + 2``, and raises
+        ``ValueError`` naming ``impl`` where one of these fails (when the preconditioner or
+        its state is created). ``"auto"`` (default) takes the fused step where it can run.
+        The warm-up steps before truncation, and steps whose gradient geometry the fused
+        kernel leaves to the reference path, run the reference step; ``state.last_impl``
+        says which implementation ran the last step.
 """
 
 
@@ -461,6 +520,7 @@ def adagram(
     tol: float = 0.0,
     nonfinite: str = "raise",
     factor_dtype: Any = None,
+    impl: str = "auto",
 ) -> Preconditioner:
     """AdaGram: full-matrix AdaGrad through a rank-one-updated inverse factor.
 
@@ -536,32 +596,12 @@ def adagram(
     >>> state.truncated, state.U.shape, state.P.shape, bool(np.linalg.norm(p) < 1)
     (True, (6, 2), (6, 0), True)
     """
-    core = _Core(rank, integrator, direction, eps, order, tol, factor_dtype)
-    # output buffers of the streamed step, recycled once no state or direction uses them
-    workspace = Workspace()
-
-    def init(x: Any) -> AdaGramState:
-        return AdaGramState(**core.init_fields(x))
-
-    def update(grad: Any, state: AdaGramState) -> tuple[Any, AdaGramState]:
-        if core.streamable and state.truncated:
-            # raw flat gradient: the streamed step casts it block by block
-            g_raw = core.flat(grad, state, cast=False)
-            streamed = _streamed(state, g_raw, core.eps, core.direction, workspace)
-            if streamed is not None:
-                updated, fields = streamed
-                return as_direction(updated.info.direction, grad), AdaGramState(**fields)
-        g = core.flat(grad, state)
-        updated, fields = core.advance(state, g)
-        if fields is None:
-            xp = array_namespace(grad)
-            return xp.zeros_like(grad), state
-        p = _direction(updated, g, core.direction, core.eps, v_is_g=True)
-        return as_direction(p, grad), AdaGramState(**fields)
-
-    hyper = core.hyperparams()
+    curvature = _Curvature(
+        rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1=0.0
+    )
+    hyper = curvature.hyperparams()
     hyper["nonfinite"] = nonfinite
-    return make_preconditioner("adagram", init, update, hyper)
+    return precondition("adagram", curvature, hyper)
 
 
 # --------------------------------------------------------------------------- adamgram
@@ -578,6 +618,7 @@ def adamgram(
     tol: float = 0.0,
     nonfinite: str = "raise",
     factor_dtype: Any = None,
+    impl: str = "auto",
 ) -> Preconditioner:
     """AdamGram: AdaGram's preconditioner applied to a bias-corrected first moment.
 
@@ -644,16 +685,16 @@ def adamgram(
     >>> bool(np.allclose(p, g / (3 * np.sqrt(26.0)))), state.t, state.count
     (True, 1, 2)
     """
-    core = _Core(rank, integrator, direction, eps, order, tol, factor_dtype)
     b1, b2 = check_betas("betas", betas)
+    curvature = _Curvature(rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1)
     if b2 != 0.0:
         raise ValueError(
             f"betas: AdamGram has no second-moment average (the Gram matrix is accumulated "
             f"exactly, G = eps I + sum g g^T); betas[1] must be 0.0, got {betas[1]!r}"
         )
-    if core.rank is not None and b1 > 0.0:
+    if curvature.rank is not None and b1 > 0.0:
         raise ValueError(
-            f"rank: AdamGram with a finite rank ({core.rank}) and momentum (betas[0] = {b1}) "
+            f"rank: AdamGram with a finite rank ({curvature.rank}) and momentum (betas[0] = {b1}) "
             "is unstable: the truncation drops directions that then revert to the "
             "eps^{-1/2} scale, and the momentum still has components along them (measured: "
             "least-squares loss 1e2 -> 1e21..1e26 in 20 steps at rank 2 and 5). Use "
@@ -661,24 +702,6 @@ def adamgram(
             "betas=(b1, 0.0)) for momentum at a fixed rank, or betas=(0.0, 0.0) (= adagram)"
         )
 
-    def init(x: Any) -> AdamGramState:
-        fields = core.init_fields(x)
-        xp = array_namespace(x)
-        d = int(fields["P"].shape[0])
-        m = xp.zeros((d,), dtype=fields["P"].dtype, device=device_of(x))
-        return AdamGramState(**fields, count=0, m=m)
-
-    def update(grad: Any, state: AdamGramState) -> tuple[Any, AdamGramState]:
-        g = core.flat(grad, state)
-        updated, fields = core.advance(state, g)
-        if fields is None:  # no factor step: keep every factor field and counter as is
-            fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(AdaGramState)}
-        count = state.count + 1
-        m = ema(state.m, g, b1)
-        m_hat = m / bias_correction(b1, count)
-        p = _direction(updated, m_hat, core.direction, core.eps, v_is_g=False)
-        return as_direction(p, grad), AdamGramState(**fields, count=count, m=m)
-
-    hyper = core.hyperparams()
+    hyper = curvature.hyperparams()
     hyper.update(betas=(b1, b2), nonfinite=nonfinite)
-    return make_preconditioner("adamgram", init, update, hyper)
+    return precondition("adamgram", curvature, hyper, momentum=b1)

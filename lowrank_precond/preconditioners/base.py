@@ -33,6 +33,7 @@ from lowrank_precond.backends import (
     name_of,
     quiet_floating_point,
 )
+from lowrank_precond.preconditioners._common import safe_norm
 
 __all__ = [
     "NONFINITE",
@@ -98,15 +99,6 @@ class Preconditioner:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{self.name}({args})"
-
-
-def _norm(xp: Any, g: Any) -> float:
-    """``|g|`` as a Python float, rescaled when the plain norm overflows (``inf`` for NaN/inf)."""
-    n = float(xp.linalg.vector_norm(g))
-    if math.isfinite(n) or not all_finite(g):
-        return n
-    m = float(xp.max(xp.abs(g)))
-    return m * float(xp.linalg.vector_norm(g / m))
 
 
 def _overflow_bound(xp: Any, dtype: Any) -> float:
@@ -192,8 +184,7 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
     def guarded(grad: Any, state: Any) -> tuple[Any, Any]:
         xp = check_floating("grad", grad)
         _check_same_kind(grad, state)
-        with quiet_floating_point(grad):
-            n = _norm(xp, grad)
+        n = safe_norm(grad)
         if not math.isfinite(n):
             return reject(grad, state, "grad: contains NaN or inf")
         bound = _overflow_bound(xp, grad.dtype)
@@ -253,6 +244,9 @@ def state_from_dict(cls: type, data: dict[str, Any]) -> Any:
     ...
     ValueError: data: AdaGradState needs the fields ['h'], which are missing
     """
+    upgrade = getattr(cls, "upgrade_fields", None)
+    if upgrade is not None:  # a state class that reads checkpoints of an earlier layout
+        data = upgrade(data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
@@ -275,12 +269,14 @@ def _check_field(owner: str, name: str, declared: Any, value: Any) -> None:
     kind = declared if isinstance(declared, str) else getattr(declared, "__name__", "")
     if kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
     elif kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:  # an array field
         ok = hasattr(value, "shape") and hasattr(value, "dtype")
     if not ok:
-        want = kind if kind in ("int", "float") else "an array"
+        want = kind if kind in ("int", "float", "str") else "an array"
         raise TypeError(
             f"data[{name!r}]: {owner}.{name} must be {want}, got {type(value).__name__}"
         )

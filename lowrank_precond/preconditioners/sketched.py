@@ -9,50 +9,53 @@ module adds the protocol, the moments and the bookkeeping.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
 from lowrank_precond.backends.blocked import Workspace
+from lowrank_precond.backends.fused import Declined
 from lowrank_precond.linalg.sketch import INTEGRATORS as SKETCH_INTEGRATORS
 from lowrank_precond.linalg.sketch import (
     GramSketch,
     gram_sketch_update,
     sketch_inverse_sqrt_apply,
 )
-from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
+from lowrank_precond.linalg.streaming_sketch import (
+    SKETCH_REFRESH_EVERY,
+    fd_sketch_available,
+    try_fd_sketch_step,
+)
 from lowrank_precond.preconditioners._common import (
-    as_direction,
+    IMPLS,
     bias_correction,
     check_betas,
     check_bool,
     check_eps,
     check_factor_dtype,
     check_param,
-    ema,
     factor_dtype_for,
     flat_grad,
 )
-from lowrank_precond.preconditioners.base import (
-    Preconditioner,
-    check_statistic,
-    make_preconditioner,
-)
+from lowrank_precond.preconditioners.base import Preconditioner, check_statistic
+from lowrank_precond.preconditioners.compose import precondition
 
-__all__ = ["SketchedAdaGradState", "sketched_adagrad"]
+__all__ = ["IMPLS", "SketchedAdaGradMomentumState", "SketchedAdaGradState", "sketched_adagrad"]
 
 
 @dataclass
 class SketchedAdaGradState:
-    """State of :func:`sketched_adagrad` (flat: ``dataclasses.asdict`` is a checkpoint).
+    """State of :func:`sketched_adagrad` without momentum (flat: ``dataclasses.asdict`` is a
+    checkpoint).
 
     Attributes
     ----------
     t : int
-        Number of steps applied. With ``betas = (0, 0)`` a zero gradient is no step; with a
-        moment (``b1 > 0`` or ``b2 > 0``) every finite gradient is one (it is the ``t`` of the
-        bias corrections ``1 - b^t``).
+        Number of sketch steps. With ``b2 = 0`` a zero gradient is no step; with the EMA
+        (``b2 > 0``) every finite gradient is one (it is the ``t`` of the bias correction
+        ``1 - b2^t``).
     U : array, shape (d, k)
         Orthonormal sketch basis, ``k <= rank`` (``k`` grows by one per step until ``rank``).
     sig2 : array, shape (k,)
@@ -60,22 +63,154 @@ class SketchedAdaGradState:
     rho : array, shape ()
         Escaped mass added to the diagonal (a 0-d array, as
         :class:`~lowrank_precond.linalg.GramSketch` stores it).
-    m : array, shape (d,) or (0,)
-        First moment ``b1 m + (1 - b1) g`` (not bias-corrected); empty when ``b1 = 0``.
+    last_impl : str
+        Which implementation ran the last step: ``"fused"`` (the two-pass Frequent-Directions
+        step of :mod:`lowrank_precond.linalg.streaming_sketch`), ``"reference"``, or
+        ``"reference: <why>"`` when ``impl="auto"`` or ``"fused"`` wanted the fused step
+        and this step could not take it (the sketch still filling, or a gradient the fused
+        kernel leaves to the reference path).
 
-    Arrays have the parameter's dtype and device.
+    Arrays have the factor dtype (see ``factor_dtype``) and the parameter's device.
     """
 
     t: int
     U: Any
     sig2: Any
     rho: Any
-    m: Any
+    last_impl: str = field(default="reference", kw_only=True)
 
     @property
     def sketch(self) -> GramSketch:
         """The stored sum (or EMA, ``b2 > 0``, not bias-corrected) as a ``GramSketch``."""
         return GramSketch(self.U, self.sig2, self.rho)
+
+    @classmethod
+    def upgrade_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Read a checkpoint of the earlier layout, which held an empty ``m`` without momentum."""
+        data = dict(data)
+        if "m" in data and int(data["m"].shape[0]) == 0:
+            del data["m"]
+        return data
+
+
+@dataclass
+class SketchedAdaGradMomentumState(SketchedAdaGradState):
+    """State of :func:`sketched_adagrad` with momentum (``betas[0] > 0``).
+
+    Attributes
+    ----------
+    count : int
+        Number of moment updates (every finite gradient, zeros included): the ``t`` of the
+        bias correction ``1 - b1^count``.
+    m : array, shape (d,)
+        First moment ``b1 m + (1 - b1) g`` (not bias-corrected), in the factor dtype.
+    """
+
+    count: int
+    m: Any
+
+    @classmethod
+    def upgrade_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Read a checkpoint of the earlier layout, whose ``t`` counted every moment step."""
+        data = dict(data)
+        data.setdefault("count", data.get("t", 0))
+        return data
+
+
+class _View:
+    """:class:`~lowrank_precond.preconditioners.compose.CurvatureView` of one sketch step."""
+
+    def __init__(self, applied: GramSketch | None, g: Any, eps: float, own: Any = None):
+        self.applied, self.g, self.eps, self._own = applied, g, eps, own
+
+    def own(self) -> Any:
+        if self._own is None:
+            self._own = self.apply(self.g)
+        return self._own
+
+    def apply(self, v: Any) -> Any:
+        return sketch_inverse_sqrt_apply(self.applied, v, self.eps)
+
+
+class _Curvature:
+    """The Gram sketch as a :class:`~lowrank_precond.preconditioners.compose.Curvature`."""
+
+    state_cls, momentum_state_cls = SketchedAdaGradState, SketchedAdaGradMomentumState
+
+    def __init__(self, rank, eps, shrink, integrator, b1, b2, factor_dtype, impl):
+        self.rank = check_int("rank", rank, minimum=1)
+        self.eps = check_eps("eps", eps)
+        self.shrink = check_bool("shrink", shrink)
+        self.integrator = check_in("integrator", integrator, SKETCH_INTEGRATORS)
+        if integrator is not None and not shrink:
+            raise ValueError(f"integrator: {integrator!r} needs shrink=True")
+        self.b2 = b2
+        self.factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
+        self.impl = check_in("impl", impl, IMPLS)
+        why = None
+        if integrator is not None:
+            why = "the fused step is the Frequent-Directions step: integrator=None"
+        elif b1 > 0.0:
+            why = "the fused step computes the gradient's own direction, not the moment's"
+        if why is not None and self.impl == "fused":
+            raise ValueError(f"impl: 'fused' cannot run: {why}")
+        self.fused = self.impl != "reference" and why is None
+        # output buffers of the fused step, recycled once no state or direction uses them
+        self.workspace = Workspace()
+
+    def init(self, x: Any) -> dict[str, Any]:
+        xp = check_param("x", x)
+        d = math.prod(x.shape)
+        dtype = factor_dtype_for(xp, x.dtype, self.factor_dtype)
+        if self.impl == "fused":
+            ok, why = fd_sketch_available(x, d, min(self.rank, d), dtype=dtype)
+            if not ok:
+                raise ValueError(f"impl: 'fused' cannot run for this parameter: {why}")
+        sketch = GramSketch.empty(d, like=xp.zeros((1,), dtype=dtype, device=device_of(x)))
+        return {"t": 0, "U": sketch.U, "sig2": sketch.sig2, "rho": sketch.rho}
+
+    def flat(self, grad: Any, state: SketchedAdaGradState) -> Any:
+        g = flat_grad(grad, int(state.U.shape[0]))
+        dtype = state.U.dtype
+        return g if g.dtype == dtype else array_namespace(g).astype(g, dtype)
+
+    def fields(self, state: SketchedAdaGradState) -> dict[str, Any]:
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(SketchedAdaGradState)}
+
+    def observe(self, grad: Any, state: SketchedAdaGradState, *, own: bool):
+        b2, t = self.b2, state.t + 1
+        g = self.flat(grad, state)
+        d = int(g.shape[0])
+        sketch = state.sketch
+        if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
+            sketch = GramSketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
+        scale = bias_correction(b2, t) if b2 > 0.0 else 1.0
+        impl = "reference"
+        if self.fused and own and fd_sketch_available(g, d, min(self.rank, d))[0]:
+            if sketch.rank < min(self.rank, d):
+                impl = "reference: the sketch is filling (the fused step needs it full)"
+            else:
+                res = try_fd_sketch_step(
+                    sketch, g, self.eps, shrink=self.shrink,
+                    feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0, apply_scale=scale,
+                    refresh=t % SKETCH_REFRESH_EVERY == 0, workspace=self.workspace,
+                )
+                if not isinstance(res, Declined):
+                    new = res.sketch
+                    check_statistic("sig2", new.sig2)
+                    check_statistic("rho", new.rho)
+                    fields = {"t": t, "U": new.U, "sig2": new.sig2, "rho": new.rho}
+                    return {**fields, "last_impl": "fused"}, _View(None, g, self.eps, res.direction)
+                impl = f"reference: the fused step declined ({res.code}: {res.reason})"
+        fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
+                                 min(self.rank, d), shrink=self.shrink, integrator=self.integrator)
+        if fed is sketch and b2 == 0.0:  # g = 0 and no EMA: no sketch step
+            return None, _View(state.sketch, g, self.eps)
+        check_statistic("sig2", fed.sig2)
+        check_statistic("rho", fed.rho)
+        applied = fed if scale == 1.0 else GramSketch(fed.U, fed.sig2 / scale, fed.rho / scale)
+        fields = {"t": t, "U": fed.U, "sig2": fed.sig2, "rho": fed.rho, "last_impl": impl}
+        return fields, _View(applied, g, self.eps)
 
 
 def sketched_adagrad(
@@ -86,6 +221,7 @@ def sketched_adagrad(
     betas: tuple[float, float] = (0.0, 0.0),
     nonfinite: str = "raise",
     factor_dtype: Any = None,
+    impl: str = "auto",
 ) -> Preconditioner:
     """Full-matrix AdaGrad with a rank-``r`` Frequent-Directions sketch of the Gram matrix (F).
 
@@ -137,11 +273,23 @@ def sketched_adagrad(
         ``(eps + rho)^{-1/2}``: at ``eps = 1e-8`` one gradient of norm 6e3 moved the
         parameter by 8 ``lr`` (the bound is 1). Choose ``"float32"`` only with a large
         ``eps``.
+    impl : {"auto", "reference", "fused"}
+        Which implementation runs a step (as ``foreach=`` / ``fused=`` in ``torch.optim``).
+        ``"reference"``: the array-API linear algebra of :mod:`lowrank_precond.linalg`, on
+        every backend. ``"fused"``: the full sketch's Frequent-Directions step fused with its
+        direction in two row-blocked passes over ``d``
+        (:mod:`lowrank_precond.linalg.streaming_sketch`; same numbers to rounding); it needs
+        ``integrator=None``, no momentum (``betas[0] = 0``), a NumPy array or a torch CPU
+        tensor and ``d >= rank + 2``, and raises ``ValueError`` naming ``impl`` where one of
+        these fails (when the preconditioner or its state is created). ``"auto"`` (default)
+        takes the fused step where it can run. The first ``rank`` steps (the sketch filling)
+        run the reference step; ``state.last_impl`` says which implementation ran the last
+        step.
 
     Returns
     -------
     Preconditioner
-        ``init(x) -> SketchedAdaGradState``; ``update(g, state) -> (direction, state)`` with
+        ``init(x) -> SketchedAdaGradState`` (``SketchedAdaGradMomentumState`` with momentum); ``update(g, state) -> (direction, state)`` with
         the direction in ``g``'s shape, dtype and backend. With ``betas = (0, 0)`` a zero
         gradient returns a zero direction and the same state object.
 
@@ -166,79 +314,16 @@ def sketched_adagrad(
     >>> bool(np.allclose(p, E @ (E.T @ g / np.sqrt(w)))), state.U.shape
     (True, (5, 3))
     """
-    rank = check_int("rank", rank, minimum=1)
-    eps = check_eps("eps", eps)
-    shrink = check_bool("shrink", shrink)
-    check_in("integrator", integrator, SKETCH_INTEGRATORS)
-    if integrator is not None and not shrink:
-        raise ValueError(f"integrator: {integrator!r} needs shrink=True")
     b1, b2 = check_betas("betas", betas)
-    factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
-    # output buffers of the streamed step, recycled once no state or direction uses them
-    workspace = Workspace()
-
-    def init(x: Any) -> SketchedAdaGradState:
-        xp = check_param("x", x)
-        d = math.prod(x.shape)
-        dtype = factor_dtype_for(xp, x.dtype, factor_dtype)
-        sketch = GramSketch.empty(d, like=xp.zeros((1,), dtype=dtype, device=device_of(x)))
-        m = xp.zeros((d if b1 > 0 else 0,), dtype=dtype, device=device_of(x))
-        return SketchedAdaGradState(t=0, U=sketch.U, sig2=sketch.sig2, rho=sketch.rho, m=m)
-
-    def update(grad: Any, state: SketchedAdaGradState) -> tuple[Any, SketchedAdaGradState]:
-        xp = array_namespace(grad)
-        d = int(state.U.shape[0])
-        g = flat_grad(grad, d)
-        if g.dtype != state.U.dtype:
-            g = xp.astype(g, state.U.dtype)
-        t = state.t + 1
-        sketch = state.sketch
-        if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
-            sketch = GramSketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
-        if b1 == 0.0 and integrator is None and sketch.rank == min(rank, d):
-            # the full sketch's Frequent-Directions step fused with its direction
-            # (linalg.streaming_sketch): two passes over d instead of ten
-            streamed = fd_sketch_step(
-                sketch, g, eps, shrink=shrink,
-                feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0,
-                apply_scale=bias_correction(b2, t) if b2 > 0.0 else 1.0,
-                refresh=t % SKETCH_REFRESH_EVERY == 0, workspace=workspace,
-            )
-            if streamed is not None:
-                new_sk = streamed.sketch
-                check_statistic("sig2", new_sk.sig2)
-                check_statistic("rho", new_sk.rho)
-                new = SketchedAdaGradState(t=t, U=new_sk.U, sig2=new_sk.sig2, rho=new_sk.rho,
-                                           m=state.m)
-                return as_direction(streamed.direction, grad), new
-        fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
-                                 min(rank, d), shrink=shrink, integrator=integrator)
-        if fed is sketch and b1 == 0.0 and b2 == 0.0:  # g = 0 and no moments: no step
-            return xp.zeros_like(grad), state
-        sketch = fed
-        check_statistic("sig2", sketch.sig2)
-        check_statistic("rho", sketch.rho)
-        m = state.m
-        if b1 > 0.0:
-            m = ema(m, g, b1)
-            v = m / bias_correction(b1, t)
-        else:
-            v = g
-        applied = sketch
-        if b2 > 0.0:
-            c = bias_correction(b2, t)
-            applied = GramSketch(sketch.U, sketch.sig2 / c, sketch.rho / c)
-        p = sketch_inverse_sqrt_apply(applied, v, eps)
-        new = SketchedAdaGradState(t=t, U=sketch.U, sig2=sketch.sig2, rho=sketch.rho, m=m)
-        return as_direction(p, grad), new
-
+    curvature = _Curvature(rank, eps, shrink, integrator, b1, b2, factor_dtype, impl)
     hyper = {
-        "rank": rank,
-        "eps": eps,
-        "shrink": shrink,
+        "rank": curvature.rank,
+        "eps": curvature.eps,
+        "shrink": curvature.shrink,
         "integrator": integrator,
         "betas": (b1, b2),
         "nonfinite": nonfinite,
-        "factor_dtype": factor_dtype,
+        "factor_dtype": curvature.factor_dtype,
+        "impl": curvature.impl,
     }
-    return make_preconditioner("sketched_adagrad", init, update, hyper)
+    return precondition("sketched_adagrad", curvature, hyper, momentum=b1)

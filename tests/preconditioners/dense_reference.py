@@ -249,7 +249,7 @@ def state_snapshot(state) -> dict:
     out = {}
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
-        scalar = isinstance(v, (int, float))
+        scalar = isinstance(v, (int, float, str))
         out[f.name] = v if scalar else np.array(backends.to_numpy(v), copy=True)
     return out
 
@@ -301,7 +301,7 @@ def check_roundtrip(pre, state_cls, x: np.ndarray, grads, split: int) -> None:
     data = dataclasses.asdict(state)
     assert data.keys() == state_to_dict(state).keys()
     for v in data.values():
-        assert isinstance(v, (int, float, np.ndarray)), type(v)  # flat: no nested containers
+        assert isinstance(v, (int, float, str, np.ndarray)), type(v)  # flat: no containers
     restored = state_from_dict(
         state_cls,
         {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in data.items()},

@@ -101,7 +101,8 @@ def test_accumulated_overflow_is_a_nonfinite_step(name, dtype):
             _assert_same(state, snap)
             break
         for v in dataclasses.asdict(state).values():
-            assert np.all(np.isfinite(np.asarray(v)))  # no inf ever stored
+            if not isinstance(v, str):
+                assert np.all(np.isfinite(np.asarray(v)))  # no inf ever stored
     else:
         pytest.fail("the accumulator never reached the overflow guard")
 
