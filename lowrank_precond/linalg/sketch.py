@@ -4,8 +4,8 @@ The sketch keeps ``G_fd = (eps + rho) I + U diag(sig2) U^T`` with ``U`` ``(d, k)
 ``k <= r``: the rank-r part of ``sum g g^T`` ordered by curvature, plus the *escaped mass*
 ``rho`` added back to the diagonal. It satisfies ``G_exact <= G_fd <= G_exact + rho I``
 (Loewner order), so it never steps further than full-matrix AdaGrad in any direction.
-Memory ``d r`` (one factor), O(d r) flops per step. ALGORITHMS.md section F is the
-specification (Liberty 2013; Ada-FD, Wan & Zhang 2021; Sketchy, Feinberg et al. 2023).
+Memory ``d r`` (one factor), O(d r) flops per step. Theory: :ref:`theory-sketched-adagrad`
+[F01]-[F04] (Liberty 2013; Ada-FD, Wan & Zhang 2021; Sketchy, Feinberg et al. 2023).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class GramSketch:
 
     References
     ----------
-    ALGORITHMS.md section F.
+    :ref:`theory-sketched-adagrad`.
 
     Examples
     --------
@@ -238,7 +238,8 @@ def gram_sketch_update(
 ) -> GramSketch:
     """Add ``g g^T`` to a Frequent-Directions sketch and truncate it to rank ``rank``.
 
-    The O(d r) step of ALGORITHMS.md F (two-pass classical Gram-Schmidt, CGS2)::
+    The O(d r) step of :ref:`theory-sketched-adagrad` (two-pass classical Gram-Schmidt,
+    CGS2)::
 
         c = U^T g;  h = g - U c;  c2 = U^T h;  h -= U c2;  c += c2;  beta = ||h||
         core = [[diag(sqrt(sig2)), c], [0, beta]]          # (k+1) x (k+1): B = [U q] core
@@ -250,7 +251,8 @@ def gram_sketch_update(
     * ``shrink=False`` (plain truncation): ``rho += delta``, ``sig2 = s2[:rank]``.
 
     In both variants ``rho`` *accumulates* the dropped ``s2[rank]`` of every step ("rho =
-    dropped s2[r]" in ALGORITHMS.md F names what is added to it); that is what keeps
+    dropped s2[r]" in :ref:`theory-sketched-adagrad` names what is added to it); that is what
+    keeps
     ``G_exact <= G_fd <= G_exact + rho I`` for both. Traces: plain truncation conserves
     ``sum |g|^2 = sum(sig2) + rho``; Frequent Directions removes ``delta`` from each of the
     ``rank + 1`` columns, so ``sum |g|^2 = sum(sig2) + (rank + 1) rho``. A sketch holding more
@@ -273,15 +275,16 @@ def gram_sketch_update(
     integrator : {None, "truncated_svd", "projector_splitting", "basis_update_galerkin"}
         ``None`` (default): the Frequent-Directions step above. Otherwise, once the sketch
         holds ``rank`` columns, the seeds' integrator of that name
-        (:mod:`lowrank_precond.linalg.integrators`, ALGORITHMS.md B.2; KSL is the Lie-Trotter
-        ``order=1``, BUG the fixed-rank variant) absorbs the symmetric increment ``g g^T``
-        into ``LowRank(U, diag(sig2), U)``; the result ``U1 S1 V1^T`` is replaced by its
-        symmetric compression onto ``span(U1)`` (core ``sym(S1 V1^T U1)``, diagonalised,
-        eigenvalues clamped at 0) and the escaped trace ``sum(sig2) + |g|^2 - sum(sig2_new)``
-        is added to ``rho``. ``"truncated_svd"`` then equals plain truncation
-        (``shrink=False``). These variants cost O(d r^2) per step (QR of ``d x (r+1)``) and
-        carry no Loewner guarantee; they exist to be measured against Frequent Directions
-        (issue 10). While the sketch fills (``k < rank``) every variant is the same exact step.
+        (:mod:`lowrank_precond.linalg.integrators`, :ref:`theory-integrators-methods`; KSL is
+        the Lie-Trotter ``order=1``, BUG the fixed-rank variant) absorbs the symmetric
+        increment ``g g^T`` into ``LowRank(U, diag(sig2), U)``; the result ``U1 S1 V1^T`` is
+        replaced by its symmetric compression onto ``span(U1)`` (core ``sym(S1 V1^T U1)``,
+        diagonalised, eigenvalues clamped at 0) and the escaped trace
+        ``sum(sig2) + |g|^2 - sum(sig2_new)`` is added to ``rho``. ``"truncated_svd"`` then
+        equals plain truncation (``shrink=False``). These variants cost O(d r^2) per step (QR
+        of ``d x (r+1)``) and carry no Loewner guarantee; they exist to be measured against
+        Frequent Directions. While the sketch fills (``k < rank``) every variant is the same
+        exact step.
 
     Returns
     -------
@@ -305,7 +308,8 @@ def gram_sketch_update(
     Notes
     -----
     *Scaling.* ``g`` is divided by ``max|g|`` before the passes over ``d`` and the scale is
-    put back in the small core, so norms neither overflow nor underflow (ALGORITHMS.md A.6).
+    put back in the small core, so norms neither overflow nor underflow
+    (:ref:`theory-adagram-numerics`).
 
     *Precision.* The ``(k+1) x (k+1)`` SVD runs in float64 for float32 input; ``U``,
     ``sig2`` and ``rho`` are stored in the input dtype.
@@ -330,7 +334,7 @@ def gram_sketch_update(
 
     References
     ----------
-    ALGORITHMS.md section F ([F01]-[F04]); E. Liberty, "Simple and deterministic matrix
+    :ref:`theory-sketched-adagrad` ([F01]-[F04]); E. Liberty, "Simple and deterministic matrix
     sketching", KDD 2013; Wan & Zhang 2021 (Ada-FD); Feinberg et al. 2023 (Sketchy).
 
     Examples
@@ -462,7 +466,9 @@ def _fd_core(
 def _integrator_update(
     xp: Any, sketch: GramSketch, g: Any, gmax: Any, rank: int, integrator: str
 ) -> GramSketch:
-    """A full sketch (``k >= rank``) updated by one of the seeds' integrators (B.2).
+    """A full sketch (``k >= rank``) updated by one of the seeds' integrators.
+
+    Theory: :ref:`theory-integrators-methods`.
 
     ``LowRank(U, diag(sig2), U)`` plus ``g g^T`` goes through the integrator, giving
     ``U1 S1 V1^T``; its Galerkin compression ``U1 (U1^T Y1 U1) U1^T`` with the symmetrised
@@ -531,7 +537,7 @@ def sketch_inverse_sqrt_apply(sketch: GramSketch, v: Any, eps: float) -> Any:
 
     References
     ----------
-    ALGORITHMS.md section F (invariants [F01], [F03]).
+    :ref:`theory-sketched-adagrad` (invariants [F01], [F03]).
 
     Examples
     --------
