@@ -1,7 +1,10 @@
 """Small numerics helpers shared inside :mod:`lowrank_precond.linalg` (private).
 
-Everything here works on any array-API backend, creates no host synchronisation and never
-emits a floating-point warning on finite input.
+Everything here works on any array-API backend and never emits a floating-point warning on
+finite input. The helpers that take ``xp`` are for the unchecked kernels: they derive
+nothing from their arguments (no ``array_namespace``), so a kernel's namespace is found once,
+by its public function or its caller. Only :func:`require_finite` (one host transfer) and
+:func:`host_floats` (one host transfer) synchronise with the device.
 """
 
 from __future__ import annotations
@@ -9,9 +12,57 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, device_of
+from lowrank_precond.backends import all_finite, array_namespace, device_of, name_of, to_numpy
 
-__all__ = ["scaled_norm"]
+__all__ = [
+    "as_core",
+    "core_dtype_of",
+    "host_floats",
+    "nonfinite_message",
+    "require_finite",
+    "scaled_norm",
+    "scaled_norm_xp",
+]
+
+
+def core_dtype_of(xp: Any, dtype: Any) -> Any:
+    """The core dtype of ``dtype`` (float32 -> float64, else unchanged): ``backends.core_dtype``
+    without the namespace lookup."""
+    return xp.float64 if dtype == xp.float32 else dtype
+
+
+def as_core(xp: Any, a: Any) -> Any:
+    """``a`` in its core dtype (``backends.to_core`` without the namespace lookup)."""
+    dtype = core_dtype_of(xp, a.dtype)
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def nonfinite_message(name: str) -> str:
+    """The one message of a non-finite array argument: ``"NAME: contains NaN or inf"``."""
+    return f"{name}: contains NaN or inf"
+
+
+def require_finite(xp: Any, *named: tuple[str, Any]) -> None:
+    """Raise ``ValueError("NAME: contains NaN or inf")`` for the first non-finite array.
+
+    ``named`` are ``(name, array)`` pairs of one namespace ``xp``, checked in order. On the
+    CPU each array goes through :func:`~lowrank_precond.backends.all_finite` (its fast host
+    path); on a device the per-array flags are reduced there and cross to the host once, so
+    a public function's whole finiteness check costs one synchronisation.
+    """
+    if len(named) > 1 and "cpu" not in str(device_of(named[0][1])).lower():
+        if bool(xp.all(xp.stack([xp.all(xp.isfinite(a)) for _, a in named]))):
+            return
+    for name, a in named:
+        if not all_finite(a):
+            raise ValueError(nonfinite_message(name))
+
+
+def host_floats(xp: Any, *scalars: Any) -> list[float]:
+    """Several 0-d arrays of one dtype as Python floats with one device-to-host transfer."""
+    if name_of(scalars[0]) == "array_api_strict":  # CPU only: nothing to save
+        return [float(v) for v in scalars]
+    return [float(v) for v in to_numpy(xp.stack(list(scalars))).tolist()]
 
 
 def scaled_norm(x: Any) -> Any:
@@ -44,7 +95,11 @@ def scaled_norm(x: Any) -> Any:
     >>> float(scaled_norm(np.zeros(3)))
     0.0
     """
-    xp = array_namespace(x)
+    return scaled_norm_xp(array_namespace(x), x)
+
+
+def scaled_norm_xp(xp: Any, x: Any) -> Any:
+    """:func:`scaled_norm` with the namespace given (the kernels' form)."""
     if math.prod(x.shape) == 0:
         return xp.zeros((), dtype=x.dtype, device=device_of(x))
     m = xp.max(xp.abs(x))

@@ -3,6 +3,10 @@
 Both are plain dataclasses of arrays, so ``dataclasses.asdict`` checkpoints them and every
 array-API backend works. They never form a ``d x d`` matrix except in :meth:`dense`, which
 exists for tests at small ``d``.
+
+Constructing either checks its arrays (kinds, dtypes, shapes). The private ``_factored`` and
+``_lowrank`` build them without those checks, for the unchecked kernels and their callers,
+whose arrays are consistent by construction.
 """
 
 from __future__ import annotations
@@ -130,3 +134,17 @@ class LowRank:
     def dense(self) -> Any:
         """The ``d x d`` matrix ``U S V^T`` (tests and small ``d`` only)."""
         return self.U @ self.S @ self.V.T
+
+
+def _factored(P: Any, Q: Any) -> Factored:
+    """``Factored(P, Q)`` without its checks (``P, Q`` known to be consistent)."""
+    M = object.__new__(Factored)
+    M.P, M.Q = P, Q
+    return M
+
+
+def _lowrank(U: Any, S: Any, V: Any) -> LowRank:
+    """``LowRank(U, S, V)`` without its checks (``U, S, V`` known to be consistent)."""
+    M = object.__new__(LowRank)
+    M.U, M.S, M.V = U, S, V
+    return M
