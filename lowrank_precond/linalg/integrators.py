@@ -44,6 +44,17 @@ Householder QR *inside* ``span[U, x]``, where the spec's ``qr`` of the tall ``d 
 completes with a direction set by rounding noise in ``R^d``. Both are valid KSL / BUG steps
 (``range(U1) ⊇ range(K)``); ours is deterministic and keeps a term the tall QR would drop
 when ``rank(U S V^T) = r`` (see the [B06] tests).
+
+Checks
+------
+Each public function validates its arguments once -- kinds, dtypes and shapes, then the
+scalars, then the finiteness of every array (``ValueError("NAME: contains NaN or inf")``,
+one host transfer on a device) -- and calls its unchecked kernel, the same name with a
+leading underscore and the namespace first: ``_truncated_svd(xp, lowrank, x, y, rank)``,
+``_projector_splitting(xp, lowrank, x, y, order)``, ``_basis_update_galerkin(xp, lowrank, x,
+y, rank_adaptive, tol, max_rank)``, ``_recompress(xp, factored, rank)``. The kernels call
+kernels only and check nothing; :mod:`lowrank_precond.linalg._unchecked` collects them for
+the preconditioners, which validate their gradient once per step.
 """
 
 from __future__ import annotations
@@ -52,15 +63,14 @@ import math
 from typing import Any
 
 from lowrank_precond.backends import (
-    all_finite,
     array_namespace,
     check_int,
     check_positive,
     check_rank,
     check_vector,
     device_of,
-    to_core,
 )
+from lowrank_precond.linalg._numerics import as_core, require_finite
 from lowrank_precond.linalg.kernels import (
     _Basis,
     _cast,
@@ -70,16 +80,19 @@ from lowrank_precond.linalg.kernels import (
     _extend_basis,
     _outer,
     _qr_core,
-    qr_tall,
+    _qr_tall,
 )
-from lowrank_precond.linalg.lowrank import Factored, LowRank
+from lowrank_precond.linalg.lowrank import Factored, LowRank, _lowrank
 
 __all__ = ["basis_update_galerkin", "projector_splitting", "recompress", "truncated_svd"]
 
 
 # --------------------------------------------------------------------------- validation
 def _check_step(lowrank: Any, x: Any, y: Any) -> tuple[Any, int, int]:
-    """Validate ``(lowrank, x, y)``; return ``(xp, d, r)``."""
+    """Validate the kinds, dtypes and shapes of ``(lowrank, x, y)``; return ``(xp, d, r)``.
+
+    Their finiteness is :func:`_require_finite_step`, done after the scalar arguments.
+    """
     if not isinstance(lowrank, LowRank):
         raise TypeError(f"lowrank: expected a LowRank, got {type(lowrank).__name__}")
     U, S, V = lowrank.U, lowrank.S, lowrank.V
@@ -97,9 +110,19 @@ def _check_step(lowrank: Any, x: Any, y: Any) -> tuple[Any, int, int]:
     for name, a in (("lowrank.S", S), ("lowrank.V", V), ("x", x), ("y", y)):
         if a.dtype != U.dtype:
             raise TypeError(f"{name}: dtype {a.dtype} differs from lowrank.U's dtype {U.dtype}")
-    if not all_finite(S):
-        raise ValueError("lowrank.S: contains non-finite values")
     return xp, d, r
+
+
+def _require_finite_step(xp: Any, lowrank: LowRank, x: Any, y: Any) -> None:
+    """``ValueError("NAME: contains NaN or inf")`` for the first non-finite array."""
+    require_finite(
+        xp,
+        ("lowrank.S", lowrank.S),
+        ("x", x),
+        ("lowrank.U", lowrank.U),
+        ("y", y),
+        ("lowrank.V", lowrank.V),
+    )
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -116,19 +139,20 @@ class _Step:
     ``V = Bv Vc``, ``y = Bv yc``; ``S`` in the core dtype.
     """
 
-    def __init__(self, lowrank: LowRank, x: Any, y: Any) -> None:
+    def __init__(self, xp: Any, lowrank: LowRank, x: Any, y: Any) -> None:
         r = lowrank.rank
-        self.Bu: _Basis = _extend_basis(lowrank.U, x, "x", "lowrank.U")
-        self.Bv: _Basis = _extend_basis(lowrank.V, y, "y", "lowrank.V")
+        self.xp = xp
+        self.Bu: _Basis = _extend_basis(xp, lowrank.U, x, "x")
+        self.Bv: _Basis = _extend_basis(xp, lowrank.V, y, "y")
         self.Uc, self.xc = self.Bu.R[:, :r], self.Bu.R[:, r]
         self.Vc, self.yc = self.Bv.R[:, :r], self.Bv.R[:, r]
-        self.S = to_core(lowrank.S)
+        self.S = as_core(xp, lowrank.S)
         self.like = lowrank.U
 
     def result(self, Cu: Any, S1: Any, Cv: Any) -> LowRank:
         """``LowRank(Bu Cu, S1, Bv Cv)`` with one write pass per factor."""
-        xp = array_namespace(self.like)
-        return LowRank(self.Bu.tall(Cu), _cast(xp, S1, self.like.dtype), self.Bv.tall(Cv))
+        S1 = _cast(self.xp, S1, self.like.dtype)
+        return _lowrank(self.Bu.tall(Cu), S1, self.Bv.tall(Cv))
 
 
 def _pad_to(xp: Any, U1: Any, V1: Any, sig: Any, rank: int) -> tuple[Any, Any, Any]:
@@ -136,8 +160,8 @@ def _pad_to(xp: Any, U1: Any, V1: Any, sig: Any, rank: int) -> tuple[Any, Any, A
     k = int(U1.shape[1])
     if k >= rank:
         return U1, V1, sig
-    U1 = xp.concat([U1, _complement(U1, rank - k)], axis=1)
-    V1 = xp.concat([V1, _complement(V1, rank - k)], axis=1)
+    U1 = xp.concat([U1, _complement(xp, U1, rank - k)], axis=1)
+    V1 = xp.concat([V1, _complement(xp, V1, rank - k)], axis=1)
     zeros = xp.zeros((rank - k,), dtype=sig.dtype, device=device_of(sig))
     return U1, V1, xp.concat([sig, zeros])
 
@@ -152,7 +176,7 @@ def _svd_step(xp: Any, st: _Step, Z: Any, Cu: Any, Cv: Any, keep: int, rank: int
     U1 = st.Bu.tall(Cu @ P[:, :keep])
     V1 = st.Bv.tall(Cv @ Qt[:keep, :].T)
     U1, V1, sig = _pad_to(xp, U1, V1, _cast(xp, sig[:keep], U1.dtype), rank)
-    return LowRank(U1, _diag(xp, sig), V1)
+    return _lowrank(U1, _diag(xp, sig), V1)
 
 
 # --------------------------------------------------------------------------- integrators
@@ -197,9 +221,15 @@ def truncated_svd(lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
     >>> bool(np.allclose(truncated_svd(M, x, y, rank=2).dense(), (W[:, :2] * s[:2]) @ Zt[:2]))
     True
     """
-    xp, d, r = _check_step(lowrank, x, y)
+    xp, d, _ = _check_step(lowrank, x, y)
     rank = check_rank("rank", rank, d)
-    st = _Step(lowrank, x, y)
+    _require_finite_step(xp, lowrank, x, y)
+    return _truncated_svd(xp, lowrank, x, y, rank)
+
+
+def _truncated_svd(xp: Any, lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
+    """Unchecked :func:`truncated_svd` (validated arguments, ``1 <= rank <= d``)."""
+    st = _Step(xp, lowrank, x, y)
     D = _blockdiag_one(xp, st.S)
     Z = st.Bu.R @ D @ st.Bv.R.T
     eye_u = _eye_core(xp, st.Bu.m, st.S)
@@ -260,29 +290,35 @@ def projector_splitting(lowrank: LowRank, x: Any, y: Any, order: int = 1) -> Low
     >>> bool(np.allclose(projector_splitting(M, x, y, order=2).dense(), M1.dense()))
     True
     """
-    xp, d, r = _check_step(lowrank, x, y)
+    xp, _, _ = _check_step(lowrank, x, y)
     if isinstance(order, bool):
         raise TypeError(f"order: expected 1 or 2, got {order!r}")
     order = check_int("order", order)
     if order not in (1, 2):
         raise ValueError(f"order: expected 1 or 2, got {order!r}")
-    st = _Step(lowrank, x, y)
+    _require_finite_step(xp, lowrank, x, y)
+    return _projector_splitting(xp, lowrank, x, y, order)
+
+
+def _projector_splitting(xp: Any, lowrank: LowRank, x: Any, y: Any, order: int = 1) -> LowRank:
+    """Unchecked :func:`projector_splitting` (validated arguments, ``order`` 1 or 2)."""
+    st = _Step(xp, lowrank, x, y)
     Uc, xc, Vc, yc, S = st.Uc, st.xc, st.Vc, st.yc, st.S
     w = Vc.T @ yc  # = V^T y
     if order == 1:
-        Q1, Shat = _qr_core(Uc @ S + _outer(xp, xc, w))
+        Q1, Shat = _qr_core(xp, Uc @ S + _outer(xp, xc, w))
         z = Q1.T @ xc
         Stil = Shat - _outer(xp, z, w)
-        Q2, S1T = _qr_core(Vc @ Stil.T + _outer(xp, yc, z))
+        Q2, S1T = _qr_core(xp, Vc @ Stil.T + _outer(xp, yc, z))
         return st.result(Q1, S1T.T, Q2)
     half = w / 2
-    Q1, Sh = _qr_core(Uc @ S + _outer(xp, xc, half))
+    Q1, Sh = _qr_core(xp, Uc @ S + _outer(xp, xc, half))
     z = Q1.T @ xc
     St = Sh - _outer(xp, z, half)
-    Q2, SbT = _qr_core(Vc @ St.T + _outer(xp, yc, z))
+    Q2, SbT = _qr_core(xp, Vc @ St.T + _outer(xp, yc, z))
     w1 = (Q2.T @ yc) / 2
     St2 = SbT.T - _outer(xp, z, w1)
-    Q3, S2 = _qr_core(Q1 @ St2 + _outer(xp, xc, w1))
+    Q3, S2 = _qr_core(xp, Q1 @ St2 + _outer(xp, xc, w1))
     return st.result(Q3, S2, Q2)
 
 
@@ -355,7 +391,7 @@ def basis_update_galerkin(
     >>> basis_update_galerkin(M, x, y).rank
     2
     """
-    xp, d, r = _check_step(lowrank, x, y)
+    xp, d, _ = _check_step(lowrank, x, y)
     _check_bool("rank_adaptive", rank_adaptive)
     tol = check_positive("tol", tol, allow_zero=True)
     if max_rank is not None:
@@ -365,17 +401,33 @@ def basis_update_galerkin(
             raise ValueError("max_rank: only applies with rank_adaptive=True")
         if tol != 0.0:
             raise ValueError("tol: only applies with rank_adaptive=True")
-    st = _Step(lowrank, x, y)
+    _require_finite_step(xp, lowrank, x, y)
+    return _basis_update_galerkin(xp, lowrank, x, y, rank_adaptive, tol, max_rank)
+
+
+def _basis_update_galerkin(
+    xp: Any,
+    lowrank: LowRank,
+    x: Any,
+    y: Any,
+    rank_adaptive: bool = False,
+    tol: float = 0.0,
+    max_rank: int | None = None,
+) -> LowRank:
+    """Unchecked :func:`basis_update_galerkin` (validated arguments: ``tol`` a float ``>= 0``,
+    ``max_rank`` None or in ``[1, d]``, both only with ``rank_adaptive``)."""
+    r = lowrank.rank
+    st = _Step(xp, lowrank, x, y)
     Uc, xc, Vc, yc, S = st.Uc, st.xc, st.Vc, st.yc, st.S
     w = Vc.T @ yc  # V^T y
     z0 = Uc.T @ xc  # U^T x
     K = Uc @ S + _outer(xp, xc, w)
     L = Vc @ S.T + _outer(xp, yc, z0)
     if rank_adaptive:
-        Qu = _qr_core(xp.concat([K, Uc], axis=1))[0]
-        Qv = _qr_core(xp.concat([L, Vc], axis=1))[0]
+        Qu = _qr_core(xp, xp.concat([K, Uc], axis=1))[0]
+        Qv = _qr_core(xp, xp.concat([L, Vc], axis=1))[0]
     else:
-        Qu, Qv = _qr_core(K)[0], _qr_core(L)[0]
+        Qu, Qv = _qr_core(xp, K)[0], _qr_core(xp, L)[0]
     S1 = (Qu.T @ Uc) @ S @ (Qv.T @ Vc).T + _outer(xp, Qu.T @ xc, Qv.T @ yc)
     if not rank_adaptive:
         return st.result(Qu, S1, Qv)
@@ -452,30 +504,35 @@ def recompress(factored: Factored, rank: int) -> LowRank:
     if not isinstance(factored, Factored):
         raise TypeError(f"factored: expected a Factored, got {type(factored).__name__}")
     P, Q = factored.P, factored.Q
-    d, k = int(P.shape[0]), factored.rank
-    rank = check_rank("rank", rank, d)
+    rank = check_rank("rank", rank, int(P.shape[0]))
     xp = array_namespace(P, Q)
     if P.dtype != Q.dtype:
         raise TypeError(f"factored.Q: dtype {Q.dtype} differs from factored.P's dtype {P.dtype}")
+    require_finite(xp, ("factored.P", P), ("factored.Q", Q))
+    return _recompress(xp, factored, rank)
+
+
+def _recompress(xp: Any, factored: Factored, rank: int) -> LowRank:
+    """Unchecked :func:`recompress` (finite ``P, Q`` of one dtype, ``1 <= rank <= d``)."""
+    P, Q = factored.P, factored.Q
+    d, k = int(P.shape[0]), int(P.shape[1])
     kept = min(k, rank)
     if kept > 0:
-        if not (all_finite(P) and all_finite(Q)):
-            raise ValueError("factored: P or Q contains non-finite values")
         if k <= d:
-            Qp, Rp = qr_tall(P)
-            Qq, Rq = qr_tall(Q)
+            Qp, Rp = _qr_tall(xp, P)
+            Qq, Rq = _qr_tall(xp, Q)
         else:  # more columns than rows: the thin Householder QR has d columns
             Qp, Rp = xp.linalg.qr(P)
             Qq, Rq = xp.linalg.qr(Q)
-        W, sig, Zt = xp.linalg.svd(to_core(Rp) @ to_core(Rq).T, full_matrices=False)
-        U = _combine(Qp, None, W[:, :kept])
-        V = _combine(Qq, None, Zt[:kept, :].T)
+        W, sig, Zt = xp.linalg.svd(as_core(xp, Rp) @ as_core(xp, Rq).T, full_matrices=False)
+        U = _combine(xp, Qp, None, W[:, :kept])
+        V = _combine(xp, Qq, None, Zt[:kept, :].T)
         sig = _cast(xp, sig[:kept], P.dtype)
     else:
         U = V = xp.zeros((d, 0), dtype=P.dtype, device=device_of(P))
         sig = xp.zeros((0,), dtype=P.dtype, device=device_of(P))
     U, V, sig = _pad_to(xp, U, V, sig, rank)
-    return LowRank(U, _diag(xp, sig), V)
+    return _lowrank(U, _diag(xp, sig), V)
 
 
 # --------------------------------------------------------------------------- core helpers

@@ -10,11 +10,14 @@ of a ``d x k`` matrix (``k`` up to a few dozen) by CholeskyQR2 with a Householde
 
 Private, shared with :mod:`~lowrank_precond.linalg.integrators`
 --------------------------------------------------------------
-Every O(d) operation of the integrators is one of two row-local kernels, so that rows could
-later be sharded with one all-reduce of a small matrix per step:
+These take the namespace ``xp`` as their first argument and check nothing: their inputs
+come validated from a public function (or from another kernel). Every O(d) operation of the
+integrators is one of two row-local kernels, so that rows could later be sharded with one
+all-reduce of a small matrix per step:
 
-- ``_gram(A, x)``: the Gram matrix of ``[A x]`` (a reduction, accumulated in the core dtype);
-- ``_combine(A, x, W)``: the tall product ``[A x] @ W`` (a map, one write per output).
+- ``_gram(xp, A, x)``: the Gram matrix of ``[A x]`` (a reduction, accumulated in the core
+  dtype);
+- ``_combine(xp, A, x, W)``: the tall product ``[A x] @ W`` (a map, one write per output).
 
 For NumPy arrays both walk the rows in blocks of ``_BLOCK_ROWS`` (8192) so that the few
 small products of a block run from cache and OpenBLAS stays on its single-threaded path
@@ -24,7 +27,7 @@ transposed, ``[A_b^T; x_b^T]``: one gemm per block with a long inner dimension, 
 rank-one term included, and ``_combine`` returns column-contiguous arrays (``(c, d)``
 buffer, transposed), the layout in which the next step reads its blocks as contiguous rows.
 Other backends (torch, CuPy, array-api-strict) make one call per kernel.
-``_extend_basis(U, x)`` builds an orthonormal basis of ``span[U, x]`` from one Gram pass
+``_extend_basis(xp, U, x)`` builds an orthonormal basis of ``span[U, x]`` from one Gram pass
 and no write (implicit ``B = [U x] R^{-1}``), falling back to CholeskyQR2 / Householder
 when ``[U x]`` is ill-conditioned; ``_complement`` pads a basis deterministically.
 
@@ -46,14 +49,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lowrank_precond.backends import (
-    all_finite,
-    array_namespace,
-    check_floating,
-    core_dtype,
-    device_of,
-    name_of,
-    to_core,
+from lowrank_precond.backends import check_floating, device_of, name_of
+from lowrank_precond.linalg._numerics import (
+    as_core,
+    core_dtype_of,
+    host_floats,
+    nonfinite_message,
+    require_finite,
 )
 
 __all__ = ["CHOLQR2_COND", "ONE_PASS_COND", "orthonormalize", "qr_tall"]
@@ -118,7 +120,7 @@ def _blocks(d: int, like: Any) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------- tall kernels
-def _gram(A: Any, x: Any = None, xscale: float | None = None) -> Any:
+def _gram(xp: Any, A: Any, x: Any = None, xscale: float | None = None) -> Any:
     """``[A x]^T [A x]`` (``x`` optional), accumulated in the core dtype; one pass over rows.
 
     float32 blocks are cast to float64 before the products, so the Gram matrix of a float32
@@ -130,9 +132,8 @@ def _gram(A: Any, x: Any = None, xscale: float | None = None) -> Any:
     ``A_b``: one gemm per block gives ``A^T A`` and ``x^T A`` together. (Two distinct
     buffers also keep NumPy off syrk, which OpenBLAS runs ~2.5x slower at ``k = 5``.)
     """
-    xp = array_namespace(A)
     d, k = int(A.shape[0]), int(A.shape[1])
-    cdt = core_dtype(A)
+    cdt = core_dtype_of(xp, A.dtype)
     blocks = _blocks(d, A)
     if len(blocks) == 1:
         Ac = _cast(xp, A, cdt)
@@ -168,7 +169,7 @@ def _gram_from_parts(xp: Any, G: Any, g: Any, s: Any) -> Any:
     return xp.concat([top, bottom], axis=0)
 
 
-def _combine(A: Any, x: Any, W: Any) -> Any:
+def _combine(xp: Any, A: Any, x: Any, W: Any) -> Any:
     """The tall product ``[A x] @ W`` (``x`` may be None) in ``A``'s dtype; one pass over rows.
 
     ``W`` is a small ``(k+1, c)`` (or ``(k, c)``) matrix, cast to ``A``'s dtype.
@@ -177,7 +178,6 @@ def _combine(A: Any, x: Any, W: Any) -> Any:
     loop, the rank-one term included) into a ``(c, d)`` buffer and returns its transpose: a
     column-contiguous ``(d, c)`` array, the layout the next step's blocks read fastest.
     """
-    xp = array_namespace(A)
     d, k = int(A.shape[0]), int(A.shape[1])
     W = _cast(xp, W, A.dtype)
     c = int(W.shape[1])
@@ -204,17 +204,20 @@ def _combine(A: Any, x: Any, W: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- small cores
-def _cholesky_eq(G: Any) -> tuple[Any, Any, float] | None:
+def _cholesky_eq(xp: Any, G: Any) -> tuple[Any, Any, float] | None:
     """Equilibrated Cholesky of a small Gram matrix ``G = A^T A`` (core dtype).
 
     Returns ``(R, T, kappa)`` with ``G = R^T R`` (``R`` upper triangular), ``T = R^{-1}`` and
     ``kappa`` the condition number of ``A D^{-1}`` (``D`` the column norms), computed from
-    the small factor; ``None`` when a column is zero, the factorization fails (the
-    exception type differs per backend; CuPy returns NaN instead) or is not finite.
+    the small factor; ``None`` when a diagonal entry is zero or not finite (then ``A`` has a
+    zero or non-finite column: a Gram matrix is finite iff its diagonal is), the
+    factorization fails (the exception type differs per backend; CuPy returns NaN instead)
+    or is not finite. Two host transfers: the diagonal test, and ``(smin, smax)`` together,
+    which also carry the finiteness of the factor (a non-finite one is replaced by zeros,
+    whose ``smin = 0`` declines).
     """
-    xp = array_namespace(G)
     dg = xp.linalg.diagonal(G)
-    if not all_finite(dg) or not bool(xp.all(dg > 0)):
+    if not bool(xp.all(xp.isfinite(dg) & (dg > 0))):
         return None
     D = xp.sqrt(dg)
     Gs = G / _outer(xp, D, D)
@@ -223,11 +226,10 @@ def _cholesky_eq(G: Any) -> tuple[Any, Any, float] | None:
         L = xp.linalg.cholesky(Gs)
     except _CHOLESKY_ERRORS:
         return None
-    if not all_finite(L):
-        return None
+    L = xp.where(xp.all(xp.isfinite(L)), L, xp.zeros_like(L))
     Rs = L.T
     sv = xp.linalg.svdvals(Rs)
-    smin, smax = float(sv[-1]), float(sv[0])
+    smin, smax = host_floats(xp, sv[-1], sv[0])
     if not smin > 0.0:
         return None
     kappa = smax / smin
@@ -235,9 +237,8 @@ def _cholesky_eq(G: Any) -> tuple[Any, Any, float] | None:
     return Rs * _row(xp, D), Ts / _col(xp, D), kappa
 
 
-def _qr_core(C: Any) -> tuple[Any, Any]:
+def _qr_core(xp: Any, C: Any) -> tuple[Any, Any]:
     """Householder QR of a small core matrix (exact orthonormality, any rank)."""
-    xp = array_namespace(C)
     return xp.linalg.qr(C)
 
 
@@ -246,25 +247,36 @@ def _cholqr2_cond(xp: Any, dtype: Any) -> float:
     return CHOLQR2_COND[_dtype_key(xp, dtype)]
 
 
-def _qr_tall_impl(A: Any, G: Any = None) -> tuple[Any, Any, bool]:
-    """``(Q, R_core, householder_used)`` for a validated tall ``A``; ``G`` its Gram if known."""
-    xp = array_namespace(A)
+def _qr_tall_impl(xp: Any, A: Any, G: Any = None) -> tuple[Any, Any, bool]:
+    """``(Q, R_core, householder_used)`` for a validated tall ``A``; ``G`` its Gram if known.
+
+    ``G`` must be a Gram matrix (:func:`_cholesky_eq` declines a non-finite one by its
+    diagonal, so a non-finite ``A`` goes to Householder QR).
+    """
     k = int(A.shape[1])
     if G is None:
-        G = _gram(A)
-    first = _cholesky_eq(G) if all_finite(G) else None
+        G = _gram(xp, A)
+    first = _cholesky_eq(xp, G)
     if first is not None and first[2] <= _cholqr2_cond(xp, A.dtype):
         R1, T1, _ = first
-        Q1 = _combine(A, None, T1)
-        G2 = _gram(Q1)
-        second = _cholesky_eq(G2) if all_finite(G2) else None
+        Q1 = _combine(xp, A, None, T1)
+        G2 = _gram(xp, Q1)
+        second = _cholesky_eq(xp, G2)
         if second is not None:
             dev = float(xp.max(xp.abs(G2 - _eye(xp, k, G2))))
             if dev <= _SECOND_PASS_TOL:
                 R2, T2, _ = second
-                return _combine(Q1, None, T2), R2 @ R1, False
+                return _combine(xp, Q1, None, T2), R2 @ R1, False
     Q, R = xp.linalg.qr(A)
-    return Q, to_core(R), True
+    return Q, as_core(xp, R), True
+
+
+def _qr_tall(xp: Any, A: Any) -> tuple[Any, Any]:
+    """Unchecked :func:`qr_tall`: ``(Q, R)`` of a validated tall ``A``, ``R`` in ``A``'s dtype."""
+    if int(A.shape[1]) == 0:
+        return A, xp.zeros((0, 0), dtype=A.dtype, device=device_of(A))
+    Q, R, _ = _qr_tall_impl(xp, A)
+    return Q, _cast(xp, R, A.dtype)
 
 
 def _check_tall(A: Any) -> Any:
@@ -273,6 +285,7 @@ def _check_tall(A: Any) -> Any:
         raise ValueError(f"A: expected a 2-D array, got shape {tuple(A.shape)}")
     if A.shape[1] > A.shape[0]:
         raise ValueError(f"A: expected at most as many columns as rows, got shape {tuple(A.shape)}")
+    require_finite(xp, ("A", A))
     return xp
 
 
@@ -291,7 +304,7 @@ def orthonormalize(A: Any, *, return_r: bool = False) -> Any:
     Parameters
     ----------
     A : array, shape (d, k)
-        Real floating, ``k <= d`` (``k`` small: the work is O(d k^2)).
+        Real floating and finite, ``k <= d`` (``k`` small: the work is O(d k^2)).
     return_r : bool, keyword-only
         Also return ``R`` (same as :func:`qr_tall`).
 
@@ -302,6 +315,13 @@ def orthonormalize(A: Any, *, return_r: bool = False) -> Any:
         when ``A`` has full column rank).
     R : array, shape (k, k), only with ``return_r=True``
         Upper triangular, ``A = Q R`` (``A``'s dtype).
+
+    Raises
+    ------
+    TypeError
+        ``A`` not a real floating array, ``return_r`` not a bool.
+    ValueError
+        ``A`` not 2-D, with more columns than rows, or containing NaN or inf.
 
     Examples
     --------
@@ -316,13 +336,7 @@ def orthonormalize(A: Any, *, return_r: bool = False) -> Any:
     """
     if not isinstance(return_r, bool):
         raise TypeError(f"return_r: expected a bool, got {return_r!r}")
-    xp = _check_tall(A)
-    k = int(A.shape[1])
-    if k == 0:
-        Q, R = A, xp.zeros((0, 0), dtype=A.dtype, device=device_of(A))
-    else:
-        Q, R, _ = _qr_tall_impl(A)
-        R = _cast(xp, R, A.dtype)
+    Q, R = _qr_tall(_check_tall(A), A)
     return (Q, R) if return_r else Q
 
 
@@ -331,7 +345,7 @@ def qr_tall(A: Any) -> tuple[Any, Any]:
 
     Parameters
     ----------
-    A : array, shape (d, k), real floating, ``k <= d``
+    A : array, shape (d, k), real floating and finite, ``k <= d``
 
     Returns
     -------
@@ -358,8 +372,8 @@ class _Basis:
     Implicit (``B = [A x] T``, never formed) or explicit (``B = Q``, a tall array).
     """
 
-    def __init__(self, A: Any, x: Any, R: Any, T: Any = None, Q: Any = None) -> None:
-        self.A, self.x, self.R, self.T, self.Q = A, x, R, T, Q
+    def __init__(self, xp: Any, A: Any, x: Any, R: Any, T: Any = None, Q: Any = None) -> None:
+        self.xp, self.A, self.x, self.R, self.T, self.Q = xp, A, x, R, T, Q
 
     @property
     def m(self) -> int:
@@ -368,8 +382,8 @@ class _Basis:
     def tall(self, C: Any) -> Any:
         """``B @ C`` for a small core ``C`` ``(m, c)``: one pass over the rows."""
         if self.Q is not None:
-            return _combine(self.Q, None, C)
-        return _combine(self.A, self.x, self.T @ C)
+            return _combine(self.xp, self.Q, None, C)
+        return _combine(self.xp, self.A, self.x, self.T @ C)
 
 
 def _drop_tol(xp: Any, dtype: Any, d: int) -> float:
@@ -377,7 +391,7 @@ def _drop_tol(xp: Any, dtype: Any, d: int) -> float:
     return 10.0 * _eps(xp, dtype) * math.sqrt(max(d, 100))
 
 
-def _extend_basis(A: Any, x: Any, name: str = "x", basis_name: str = "U") -> _Basis:
+def _extend_basis(xp: Any, A: Any, x: Any, name: str = "x") -> _Basis:
     """Orthonormal basis of ``span[A, x]`` for (near-)orthonormal ``A`` ``(d, k)``, ``x`` ``(d,)``.
 
     One Gram pass (no write). If the equilibrated ``[A x]`` has condition number <=
@@ -387,33 +401,31 @@ def _extend_basis(A: Any, x: Any, name: str = "x", basis_name: str = "U") -> _Ba
     ``span(A)`` to rounding (``|R[k, k]| <= 10 u sqrt(d) |x|``) its last column is dropped,
     so ``m = k`` (the basis is then ``span(A)``, which contains ``x``) instead of ``k + 1``.
 
-    Raises ``ValueError`` naming ``name`` / ``basis_name`` for non-finite entries (``x`` is
-    checked by one ``max|x|``, which also rescales a float64 ``x`` above 1e100 so that
-    ``|x|^2`` cannot overflow; ``A`` through its Gram matrix).
+    Unchecked: the caller has validated ``A`` and ``x`` (finite, one dtype). The one
+    ``max|x|`` it brings to the host rescales a float64 ``x`` above 1e100 so that ``|x|^2``
+    cannot overflow; as that value is on the host anyway, a non-finite ``x`` still raises
+    ``ValueError("NAME: contains NaN or inf")`` naming ``name``, at no cost.
     """
-    xp = array_namespace(A)
     d, k = int(A.shape[0]), int(A.shape[1])
     xmax = float(xp.max(xp.abs(x))) if d > 0 else 0.0
     if not math.isfinite(xmax):
-        raise ValueError(f"{name}: contains non-finite values")
+        raise ValueError(nonfinite_message(name))
     scale = xmax if (xmax > _SCALE_ABOVE and A.dtype == xp.float64) else None
-    G = _gram(A, x, None if scale is None else 1.0 / scale)
-    if not all_finite(G):
-        raise ValueError(f"{basis_name}: contains non-finite values")
-    chol = _cholesky_eq(G)
+    G = _gram(xp, A, x, None if scale is None else 1.0 / scale)
+    chol = _cholesky_eq(xp, G)
     if chol is not None and chol[2] <= ONE_PASS_COND:
         R, T, _ = chol
         if scale is not None:  # T acts on [A, x / scale]
             T = T * _col(xp, _scales(xp, k, 1.0 / scale, T))
-        basis = _Basis(A, x, R, T=T)
+        basis = _Basis(xp, A, x, R, T=T)
     else:
         xs = x if scale is None else x / scale
-        Q, R, _ = _qr_tall_impl(xp.concat([A, _col(xp, xs)], axis=1), G=G)
+        Q, R, _ = _qr_tall_impl(xp, xp.concat([A, _col(xp, xs)], axis=1), G=G)
         xnorm = float(xp.linalg.vector_norm(R[:, k]))
         # k = d: [A x] has only d rows (x is in span A); else drop x's column if it is noise
         if int(R.shape[0]) <= k or abs(float(R[k, k])) <= _drop_tol(xp, A.dtype, d) * xnorm:
             Q, R = Q[:, :k], R[:k, :]
-        basis = _Basis(A, x, R, Q=Q)
+        basis = _Basis(xp, A, x, R, Q=Q)
     if scale is not None:  # R's last column belongs to x / scale
         basis.R = basis.R * _row(xp, _scales(xp, k, scale, basis.R))
     return basis
@@ -425,14 +437,13 @@ def _scales(xp: Any, k: int, last: float, like: Any) -> Any:
     return xp.concat([ones, xp.asarray([last], dtype=like.dtype, device=device_of(like))])
 
 
-def _generic_columns(d: int, m: int, like: Any) -> Any:
+def _generic_columns(xp: Any, d: int, m: int, like: Any) -> Any:
     """A deterministic, dense, generic ``d x m`` matrix (``cos`` of incommensurate frequencies).
 
     Column ``j`` is ``cos(2 pi frac(alpha_j i + beta_j))`` with ``alpha_j`` from the golden
     ratio: linearly independent, no zero pattern, and no relation to coordinate or
     low-frequency structure in the data.
     """
-    xp = array_namespace(like)
     dev = device_of(like)
     i = _col(xp, xp.arange(d, dtype=xp.float64, device=dev))
     j = xp.arange(1, m + 1, dtype=xp.float64, device=dev)
@@ -444,14 +455,13 @@ def _generic_columns(d: int, m: int, like: Any) -> Any:
     return _cast(xp, E, like.dtype)
 
 
-def _complement(B: Any, m: int) -> Any:
+def _complement(xp: Any, B: Any, m: int) -> Any:
     """``m`` orthonormal columns orthogonal to ``range(B)`` (``B`` orthonormal ``(d, k)``).
 
     Deterministic: the last ``m`` columns of the QR (CholeskyQR2, Householder fallback) of
     ``[B, E]`` with ``E`` from :func:`_generic_columns`.
     """
-    xp = array_namespace(B)
     d, k = int(B.shape[0]), int(B.shape[1])
-    E = _generic_columns(d, m, B)
-    Q, _, _ = _qr_tall_impl(xp.concat([B, E], axis=1))
+    E = _generic_columns(xp, d, m, B)
+    Q, _, _ = _qr_tall_impl(xp, xp.concat([B, E], axis=1))
     return Q[:, k:]
