@@ -23,6 +23,13 @@ truncation, :ref:`theory-integrators`). For any such ``M`` the matrix it represe
 No function forms a ``d x d`` matrix; the work is O(d k) except the symmetric direction and
 :func:`factor_health` (O(d k^2) for one Householder QR of ``[P Q]`` plus O(k^3)).
 
+Each public function validates its arguments once -- kinds, dtypes, shapes and devices, then
+the scalars, then the finiteness of ``g`` and of ``M``'s arrays
+(``ValueError("NAME: contains NaN or inf")``, one host transfer on a device) -- and calls its
+unchecked kernel, the same name with a leading underscore and the namespace first (e.g.
+``_symmetric_direction(xp, M, g, eps, clip)``). The kernels call kernels only and check
+nothing; :mod:`lowrank_precond.linalg._unchecked` collects them for the preconditioners.
+
 References
 ----------
 :ref:`theory-adagram`, :ref:`theory-integrators-warmup`, :ref:`theory-truncation`; the
@@ -40,10 +47,14 @@ from lowrank_precond.backends import (
     check_positive,
     check_vector,
     device_of,
-    to_core,
 )
-from lowrank_precond.linalg._numerics import scaled_norm
-from lowrank_precond.linalg.lowrank import Factored, LowRank
+from lowrank_precond.linalg._numerics import (
+    as_core,
+    nonfinite_message,
+    require_finite,
+    scaled_norm_xp,
+)
+from lowrank_precond.linalg.lowrank import Factored, LowRank, _factored
 
 __all__ = [
     "IncrementInfo",
@@ -134,7 +145,8 @@ def _check_operator(name: str, M: Any) -> Any:
 
 
 def _check_inputs(name: str, M: Any, g: Any, eps: Any) -> tuple[Any, float]:
-    """Validate ``(M, g, eps)`` once; return the namespace and ``eps`` as a float."""
+    """Validate the kinds, dtypes, shapes and devices of ``(M, g)`` and ``eps``; return the
+    namespace and ``eps`` as a float. Finiteness is :func:`_require_finite_inputs`, last."""
     ref = _check_operator(name, M)
     check_vector("g", g, M.shape[0])
     if g.dtype != ref.dtype:
@@ -150,26 +162,30 @@ def _check_inputs(name: str, M: Any, g: Any, eps: Any) -> tuple[Any, float]:
     return xp, check_positive("eps", eps)
 
 
-def _increment(xp: Any, M: Any, g: Any, eps: float) -> IncrementInfo:
-    """One AdaGram increment (docs/theory.rst#theory-adagram-step) for validated inputs.
+def _operator_arrays(name: str, M: Factored | LowRank) -> tuple[tuple[str, Any], ...]:
+    if isinstance(M, Factored):
+        return ((f"{name}.P", M.P), (f"{name}.Q", M.Q))
+    return ((f"{name}.U", M.U), (f"{name}.S", M.S), (f"{name}.V", M.V))
 
-    One host synchronisation (``nu``), no state written.
+
+def _require_finite_inputs(xp: Any, name: str, M: Any, g: Any) -> None:
+    """``ValueError("NAME: contains NaN or inf")`` for ``g``, then ``M``'s arrays."""
+    require_finite(xp, ("g", g), *_operator_arrays(name, M))
+
+
+def _rank_one_increment(xp: Any, M: Any, g: Any, eps: float) -> IncrementInfo:
+    """Unchecked :func:`rank_one_increment` (docs/theory.rst#theory-adagram-step).
+
+    For validated inputs (finite ``g`` and ``M``, ``eps`` a float ``> 0``). One host
+    synchronisation (``nu``), no state written. ``gbar`` overflowing still raises
+    ``ValueError`` (the test is on ``nu``, which is on the host anyway).
     """
     root = math.sqrt(eps)
-    finite = xp.isfinite(g)
-    all_finite = xp.all(finite)
-    # Work on a sanitised copy so that a non-finite g raises no FP warning; the finiteness
-    # flag travels to the host together with nu (one transfer instead of two).
-    g_safe = xp.where(finite, g, xp.zeros_like(g))
-    gbar = (g_safe - M.matvec(g_safe)) / root
-    nu_dev = scaled_norm(gbar)
-    nu = float(xp.where(all_finite, nu_dev, xp.full_like(nu_dev, math.nan)))
+    gbar = (g - M.matvec(g)) / root
+    nu = float(scaled_norm_xp(xp, gbar))
     if not math.isfinite(nu):
-        if not bool(all_finite):
-            raise ValueError(
-                "g: contains NaN or inf; refusing to write it into the state "
-                "(skip such steps in the caller)"
-            )
+        if not bool(xp.all(xp.isfinite(g))):  # only on this error path: say which it was
+            raise ValueError(nonfinite_message("g"))
         raise ValueError(
             "g: gbar = (g - M g)/sqrt(eps) overflows the dtype "
             f"{g.dtype} (|g| too large for eps={eps!r})"
@@ -218,13 +234,14 @@ def rank_one_increment(M: Any, g: Any, eps: float) -> IncrementInfo:
     TypeError
         ``M`` of another type, ``g`` not floating or of another dtype/backend than ``M``.
     ValueError
-        ``g`` of the wrong shape, ``g`` with NaN/inf (or ``gbar`` overflowing), ``eps <= 0``.
+        ``g`` of the wrong shape, ``g`` or an array of ``M`` with NaN/inf
+        (``"g: contains NaN or inf"``, ``"M.P: ..."``), ``gbar`` overflowing, ``eps <= 0``.
 
     Notes
     -----
-    Cost O(d k) and exactly one device-to-host transfer (``nu``, which also carries the
-    finiteness test of ``g``). ``s = hypot(1, nu)`` and the scaled norm keep every quantity
-    finite for ``|g|`` from the smallest subnormal to ``~max_float / sqrt(d)``
+    Cost O(d k); the arithmetic makes exactly one device-to-host transfer (``nu``), the
+    finiteness check of the arguments one more. ``s = hypot(1, nu)`` and the scaled norm
+    keep every quantity finite for ``|g|`` from the smallest subnormal to ``~max_float / sqrt(d)``
     (:ref:`theory-adagram-numerics`).
 
     Examples
@@ -241,7 +258,8 @@ def rank_one_increment(M: Any, g: Any, eps: float) -> IncrementInfo:
     True
     """
     xp, eps = _check_inputs("M", M, g, eps)
-    return _increment(xp, M, g, eps)
+    _require_finite_inputs(xp, "M", M, g)
+    return _rank_one_increment(xp, M, g, eps)
 
 
 def inverse_factor_update(
@@ -285,7 +303,8 @@ def inverse_factor_update(
         ``state`` not a ``Factored`` (use :func:`rank_one_increment` and an integrator for a
         ``LowRank``), integer or mismatched dtype of ``g``.
     ValueError
-        ``g`` of the wrong shape or with NaN/inf, ``eps <= 0``. The state is never modified.
+        ``g`` of the wrong shape, ``g``, ``state.P`` or ``state.Q`` with NaN/inf
+        (``"g: contains NaN or inf"``), ``eps <= 0``. The state is never modified.
 
     Notes
     -----
@@ -318,14 +337,22 @@ def inverse_factor_update(
             "(for a LowRank use rank_one_increment and an integrator)"
         )
     xp, eps = _check_inputs("state", state, g, eps)
-    info = _increment(xp, state, g, eps)
+    _require_finite_inputs(xp, "state", state, g)
+    return _inverse_factor_update(xp, state, g, eps, balance)
+
+
+def _inverse_factor_update(
+    xp: Any, state: Factored, g: Any, eps: float, balance: bool = True
+) -> tuple[Factored, IncrementInfo]:
+    """Unchecked :func:`inverse_factor_update` (validated ``Factored`` state, finite ``g``)."""
+    info = _rank_one_increment(xp, state, g, eps)
     if info.skipped:
         return state, info
     x, y = info.x, info.y
     if balance:
         # |x| = b nu exactly; evaluated as (nu/s)/(1+s) so it cannot underflow.
         sqrt_nx = math.sqrt((info.nu / info.s) / (1.0 + info.s))
-        ny = scaled_norm(y)
+        ny = scaled_norm_xp(xp, y)
         ny_safe = xp.where(ny > 0, ny, xp.ones_like(ny))
         # x' = (gbar/nu) sqrt(|x||y|),  y' = y sqrt(|x|/|y|)   (y = 0 -> x' = y' = 0)
         x = (info.gbar / info.nu) * (sqrt_nx * xp.sqrt(ny))
@@ -333,7 +360,7 @@ def inverse_factor_update(
     d = state.shape[0]
     P = xp.concat([state.P, xp.reshape(x, (d, 1))], axis=1)
     Q = xp.concat([state.Q, xp.reshape(y, (d, 1))], axis=1)
-    return Factored(P, Q), info
+    return _factored(P, Q), info
 
 
 def published_direction(M: Any, g: Any, eps: float) -> Any:
@@ -373,6 +400,12 @@ def published_direction(M: Any, g: Any, eps: float) -> Any:
     (True, 0.948683298051)
     """
     xp, eps = _check_inputs("M", M, g, eps)
+    _require_finite_inputs(xp, "M", M, g)
+    return _published_direction(xp, M, g, eps)
+
+
+def _published_direction(xp: Any, M: Any, g: Any, eps: float) -> Any:
+    """Unchecked :func:`published_direction`."""
     return (g - M.matvec(g)) / math.sqrt(eps)
 
 
@@ -408,6 +441,12 @@ def newton_direction(M: Any, g: Any, eps: float) -> Any:
     True
     """
     xp, eps = _check_inputs("M", M, g, eps)
+    _require_finite_inputs(xp, "M", M, g)
+    return _newton_direction(xp, M, g, eps)
+
+
+def _newton_direction(xp: Any, M: Any, g: Any, eps: float) -> Any:
+    """Unchecked :func:`newton_direction`."""
     root = math.sqrt(eps)
     h = (g - M.matvec(g)) / root
     return (h - M.rmatvec(h)) / root
@@ -430,9 +469,9 @@ def _core(xp: Any, M: Any) -> tuple[Any, Any] | None:
     if k == 0:
         return None
     Z, R = xp.linalg.qr(xp.concat([left, right], axis=1))
-    R = to_core(R)
+    R = as_core(xp, R)
     R1, R2 = R[:, :k], R[:, k:]
-    m = R1 @ R2.T if S is None else R1 @ to_core(S) @ R2.T
+    m = R1 @ R2.T if S is None else R1 @ as_core(xp, S) @ R2.T
     q = int(R.shape[0])
     return Z, xp.eye(q, dtype=R.dtype, device=device_of(R)) - m
 
@@ -515,14 +554,22 @@ def symmetric_direction(M: Any, g: Any, eps: float, clip: tuple[float, float] | 
     """
     xp, eps = _check_inputs("M", M, g, eps)
     bounds = _check_clip(clip)
+    _require_finite_inputs(xp, "M", M, g)
+    return _symmetric_direction(xp, M, g, eps, bounds)
+
+
+def _symmetric_direction(
+    xp: Any, M: Any, g: Any, eps: float, clip: tuple[float, float] | None = None
+) -> Any:
+    """Unchecked :func:`symmetric_direction` (``clip`` None or a checked ``(lo, hi)``)."""
     root = math.sqrt(eps)
     core = _core(xp, M)
     if core is None:
         return g / root
     Z, C = core
     _, sig, WrT = xp.linalg.svd(C, full_matrices=False)
-    if bounds is not None:
-        sig = xp.clip(sig, min=bounds[0], max=bounds[1])
+    if clip is not None:
+        sig = xp.clip(sig, min=clip[0], max=clip[1])
     # g = Z c' + r with r orthogonal to range(Z): project twice ("twice is enough") so that
     # the loss of orthogonality of Z (~d u, worse for float32 QR on some backends) is not
     # amplified by the cancellation g - Z c (|p| ~ |g| sqrt(eps/lambda_max) << |g|).
@@ -530,7 +577,7 @@ def symmetric_direction(M: Any, g: Any, eps: float, clip: tuple[float, float] | 
     r = g - Z @ c
     c2 = Z.T @ r
     r = r - Z @ c2
-    cc = to_core(c) + to_core(c2)
+    cc = as_core(xp, c) + as_core(xp, c2)
     t = WrT.T @ (sig * (WrT @ cc))
     return (r + Z @ xp.astype(t, g.dtype)) / root
 
@@ -576,6 +623,13 @@ def factor_health(M: Any) -> Any:
     """
     ref = _check_operator("M", M)
     xp = array_namespace(ref)
+    require_finite(xp, *_operator_arrays("M", M))
+    return _factor_health(xp, M)
+
+
+def _factor_health(xp: Any, M: Any) -> Any:
+    """Unchecked :func:`factor_health`."""
+    ref = M.P if isinstance(M, Factored) else M.U
     core = _core(xp, M)
     if core is None:
         return xp.zeros((0,), dtype=ref.dtype, device=device_of(ref))
