@@ -6,6 +6,13 @@ The sketch keeps ``G_fd = (eps + rho) I + U diag(sig2) U^T`` with ``U`` ``(d, k)
 (Loewner order), so it never steps further than full-matrix AdaGrad in any direction.
 Memory ``d r`` (one factor), O(d r) flops per step. Theory: :ref:`theory-sketched-adagrad`
 [F01]-[F04] (Liberty 2013; Ada-FD, Wan & Zhang 2021; Sketchy, Feinberg et al. 2023).
+
+:func:`gram_sketch_update` and :func:`sketch_inverse_sqrt_apply` validate their arguments
+once (kinds, dtypes, shapes, scalars, then the finiteness of every array:
+``ValueError("NAME: contains NaN or inf")``) and call their unchecked kernels
+``_gram_sketch_update(xp, sketch, g, rank, shrink, integrator)`` and
+``_sketch_inverse_sqrt_apply(xp, sketch, v, eps)``; ``_gram_sketch(U, sig2, rho)`` builds a
+``GramSketch`` without its checks (:mod:`lowrank_precond.linalg._unchecked`).
 """
 
 from __future__ import annotations
@@ -23,17 +30,21 @@ from lowrank_precond.backends import (
     check_positive,
     check_rank,
     check_vector,
-    core_dtype,
     device_of,
-    to_core,
-    to_numpy,
+)
+from lowrank_precond.linalg._numerics import (
+    as_core,
+    core_dtype_of,
+    host_floats,
+    nonfinite_message,
+    require_finite,
 )
 from lowrank_precond.linalg.integrators import (
-    basis_update_galerkin,
-    projector_splitting,
-    truncated_svd,
+    _basis_update_galerkin,
+    _projector_splitting,
+    _truncated_svd,
 )
-from lowrank_precond.linalg.lowrank import LowRank
+from lowrank_precond.linalg.lowrank import _lowrank
 
 __all__ = ["GramSketch", "gram_sketch_update", "sketch_inverse_sqrt_apply", "INTEGRATORS"]
 
@@ -164,6 +175,13 @@ class GramSketch:
         return (self.rho + eps) * eye + (self.U * self.sig2) @ self.U.T
 
 
+def _gram_sketch(U: Any, sig2: Any, rho: Any) -> GramSketch:
+    """``GramSketch(U, sig2, rho)`` without its checks (``rho`` a 0-d array of ``U``'s dtype)."""
+    sketch = object.__new__(GramSketch)
+    sketch.U, sketch.sig2, sketch.rho = U, sig2, rho
+    return sketch
+
+
 def _check_sketch_vector(sketch: Any, name: str, v: Any) -> Any:
     """The namespace of ``v`` after checking it against ``sketch`` (a ``GramSketch``)."""
     if not isinstance(sketch, GramSketch):
@@ -177,9 +195,11 @@ def _check_sketch_vector(sketch: Any, name: str, v: Any) -> Any:
     return xp
 
 
-def _host(xp: Any, *scalars: Any) -> list[float]:
-    """Several 0-d arrays as Python floats with one device-to-host transfer."""
-    return [float(v) for v in to_numpy(xp.stack(list(scalars))).tolist()]
+def _require_finite_sketch(xp: Any, sketch: GramSketch, vector: tuple[str, Any]) -> None:
+    """``ValueError("NAME: contains NaN or inf")`` for the vector, then the sketch's arrays."""
+    require_finite(
+        xp, vector, ("sketch.U", sketch.U), ("sketch.sig2", sketch.sig2), ("sketch.rho", sketch.rho)
+    )
 
 
 def _scalar(xp: Any, a: Any) -> Any:
@@ -194,7 +214,7 @@ def _unit_roundoff(xp: Any, dtype: Any) -> float:
 def _orthonormality_error(xp: Any, U: Any) -> float:
     """``max |U^T U - I|`` (one pass over ``U``; one host transfer)."""
     k = int(U.shape[1])
-    K = to_core(U.T @ U)
+    K = as_core(xp, U.T @ U)
     eye = xp.eye(k, dtype=K.dtype, device=device_of(K))
     return float(xp.max(xp.abs(K - eye)))
 
@@ -210,8 +230,8 @@ def _reorthonormalize(xp: Any, U: Any, sig2: Any) -> tuple[Any, Any]:
     (``|K - I| ~ 1e-5`` at most), so ``K`` is well conditioned; Householder QR is the
     fallback should it not be.
     """
-    s2c = to_core(sig2)
-    K = to_core(U.T @ U)
+    s2c = as_core(xp, sig2)
+    K = as_core(xp, U.T @ U)
     K = (K + K.T) / 2
     lam, E = xp.linalg.eigh(K)
     if float(xp.min(lam)) > 0.25:
@@ -222,7 +242,7 @@ def _reorthonormalize(xp: Any, U: Any, sig2: Any) -> tuple[Any, Any]:
         U_new = U @ (A if A.dtype == U.dtype else xp.astype(A, U.dtype))
     else:  # pragma: no cover - U is never this far from orthonormal in practice
         Qh, Rh = xp.linalg.qr(U)
-        B = to_core(Rh) * xp.sqrt(s2c)
+        B = as_core(xp, Rh) * xp.sqrt(s2c)
         W, s, _ = xp.linalg.svd(B)
         U_new = Qh @ (W if W.dtype == U.dtype else xp.astype(W, U.dtype))
     s2 = s * s
@@ -297,7 +317,8 @@ def gram_sketch_update(
     Raises
     ------
     ValueError
-        ``g`` of the wrong length, non-finite or too large; ``rank`` outside ``[1, d]``.
+        ``g`` of the wrong length, non-finite (``"g: contains NaN or inf"``) or too large;
+        an array of ``sketch`` non-finite; ``rank`` outside ``[1, d]``.
     TypeError
         ``sketch`` not a :class:`GramSketch`; ``g`` not floating or of another dtype than the
         sketch; ``rank`` not an integer; ``shrink`` not a bool.
@@ -354,9 +375,7 @@ def gram_sketch_update(
     (3, True)
     """
     xp = _check_sketch_vector(sketch, "g", g)
-    U = sketch.U
-    d, k = int(U.shape[0]), int(U.shape[1])
-    rank = check_rank("rank", rank, d)
+    rank = check_rank("rank", rank, int(sketch.U.shape[0]))
     if not isinstance(shrink, bool):
         raise TypeError(f"shrink: expected a bool, got {shrink!r}")
     check_in("integrator", integrator, INTEGRATORS)
@@ -365,13 +384,31 @@ def gram_sketch_update(
             "shrink: shrink=False selects plain truncation; with an integrator the truncation "
             "is the integrator's, so leave shrink at its default"
         )
+    _require_finite_sketch(xp, sketch, ("g", g))
+    return _gram_sketch_update(xp, sketch, g, rank, shrink, integrator)
 
+
+def _gram_sketch_update(
+    xp: Any,
+    sketch: GramSketch,
+    g: Any,
+    rank: int,
+    shrink: bool = True,
+    integrator: str | None = None,
+) -> GramSketch:
+    """Unchecked :func:`gram_sketch_update` (validated arguments, ``1 <= rank <= d``).
+
+    The ``max|g|`` that the step brings to the host for its scaling still refuses a
+    non-finite ``g`` and one whose ``|g|^2`` would overflow (``ValueError``), at no cost.
+    """
+    U = sketch.U
+    d, k = int(U.shape[0]), int(U.shape[1])
     finfo = xp.finfo(U.dtype)
     u = _unit_roundoff(xp, U.dtype)
     gmax_arr = _scalar(xp, xp.max(xp.abs(g)))
     gmax = float(gmax_arr)  # host transfer 1
     if not math.isfinite(gmax):
-        raise ValueError("g: contains non-finite values (nan or inf)")
+        raise ValueError(nonfinite_message("g"))
     if gmax == 0.0:
         return sketch
     if gmax > math.sqrt(float(finfo.max) / d):
@@ -380,7 +417,7 @@ def gram_sketch_update(
     if integrator is not None and k >= rank:
         return _integrator_update(xp, sketch, g, gmax_arr, rank, integrator)
 
-    cdt = core_dtype(U)
+    cdt = core_dtype_of(xp, U.dtype)
     dev = device_of(U)
     gs = g / gmax_arr  # entries in [-1, 1]: no overflow or underflow in the norms below
     if k == 0:
@@ -393,13 +430,13 @@ def gram_sketch_update(
         h = gs - U @ c1
         c2 = U.T @ h
         h = h - U @ c2
-        c = to_core(c1) + to_core(c2)
+        c = as_core(xp, c1) + as_core(xp, c2)
         beta_arr = _scalar(xp, xp.linalg.vector_norm(h))
-        beta, csq, c2n = _host(  # host transfer 2
+        beta, csq, c2n = host_floats(  # host transfer 2
             xp,
-            to_core(beta_arr),
+            as_core(xp, beta_arr),
             _scalar(xp, xp.sum(c * c)),
-            to_core(_scalar(xp, xp.linalg.vector_norm(c2))),
+            as_core(xp, _scalar(xp, xp.linalg.vector_norm(c2))),
         )
     gnorm_s = math.sqrt(csq + beta * beta)  # |g| / max|g| (Pythagoras)
     new_column = beta > _NEW_COLUMN_TOL * u * gnorm_s
@@ -408,7 +445,7 @@ def gram_sketch_update(
     scale = xp.astype(gmax_arr, cdt)
     beta_core = xp.astype(beta_arr, cdt) * scale if new_column else None
     W, keep, sig2_new, rho = _fd_core(
-        xp, to_core(sketch.sig2), c * scale, beta_core, rank, shrink, to_core(sketch.rho)
+        xp, as_core(xp, sketch.sig2), c * scale, beta_core, rank, shrink, as_core(xp, sketch.rho)
     )
 
     # U_new = [U q] W[:, :keep] with q = h / beta: one product with [U h] (the 1/beta goes
@@ -431,7 +468,7 @@ def gram_sketch_update(
     def back(a: Any) -> Any:
         return a if a.dtype == U.dtype else xp.astype(a, U.dtype)
 
-    return GramSketch(U_new, back(sig2_new), xp.asarray(back(rho)))
+    return _gram_sketch(U_new, back(sig2_new), xp.asarray(back(rho)))
 
 
 def _fd_core(
@@ -477,17 +514,17 @@ def _integrator_update(
     ``sum(sig2) + |g|^2 - sum(sig2_new)`` (clamped at 0) added to ``rho``.
     """
     U = sketch.U
-    cdt = core_dtype(U)
+    cdt = core_dtype_of(xp, U.dtype)
     k = int(U.shape[1])
     eye = xp.eye(k, dtype=U.dtype, device=device_of(U))
-    lowrank = LowRank(U, eye * sketch.sig2, U)
+    lowrank = _lowrank(U, eye * sketch.sig2, U)
     if integrator == "truncated_svd":
-        res = truncated_svd(lowrank, g, g, rank)
+        res = _truncated_svd(xp, lowrank, g, g, rank)
     elif integrator == "projector_splitting":
-        res = projector_splitting(lowrank, g, g)
+        res = _projector_splitting(xp, lowrank, g, g, 1)
     else:
-        res = basis_update_galerkin(lowrank, g, g)
-    C = to_core(res.S) @ to_core(res.V.T @ res.U)
+        res = _basis_update_galerkin(xp, lowrank, g, g)
+    C = as_core(xp, res.S) @ as_core(xp, res.V.T @ res.U)
     lam, E = xp.linalg.eigh((C + C.T) / 2)
     lam, E = xp.flip(lam, axis=0), xp.flip(E, axis=1)
     keep = min(int(lam.shape[0]), rank)
@@ -496,10 +533,10 @@ def _integrator_update(
     Ek = E[:, :keep]
     U_new = res.U @ (Ek if Ek.dtype == U.dtype else xp.astype(Ek, U.dtype))
     gm = xp.astype(gmax, cdt)
-    gsq = (gm * to_core(_scalar(xp, xp.linalg.vector_norm(g / gmax)))) ** 2
-    escaped = xp.sum(to_core(sketch.sig2)) + gsq - xp.sum(lam)
-    rho = to_core(sketch.rho) + xp.where(escaped > 0, escaped, xp.zeros_like(escaped))
-    return GramSketch(
+    gsq = (gm * as_core(xp, _scalar(xp, xp.linalg.vector_norm(g / gmax)))) ** 2
+    escaped = xp.sum(as_core(xp, sketch.sig2)) + gsq - xp.sum(lam)
+    rho = as_core(xp, sketch.rho) + xp.where(escaped > 0, escaped, xp.zeros_like(escaped))
+    return _gram_sketch(
         U_new,
         lam if lam.dtype == U.dtype else xp.astype(lam, U.dtype),
         xp.asarray(rho if rho.dtype == U.dtype else xp.astype(rho, U.dtype)),
@@ -531,7 +568,8 @@ def sketch_inverse_sqrt_apply(sketch: GramSketch, v: Any, eps: float) -> Any:
     Raises
     ------
     ValueError
-        ``v`` of the wrong shape; ``eps`` not finite and ``> 0``.
+        ``v`` of the wrong shape; ``v`` or an array of ``sketch`` with NaN or inf
+        (``"v: contains NaN or inf"``); ``eps`` not finite and ``> 0``.
     TypeError
         ``sketch`` not a :class:`GramSketch`; ``v`` not floating or of another dtype.
 
@@ -547,16 +585,22 @@ def sketch_inverse_sqrt_apply(sketch: GramSketch, v: Any, eps: float) -> Any:
     array([0.5, 1. , 1. ])
     """
     xp = _check_sketch_vector(sketch, "v", v)
+    eps = check_positive("eps", eps)
+    _require_finite_sketch(xp, sketch, ("v", v))
+    return _sketch_inverse_sqrt_apply(xp, sketch, v, eps)
+
+
+def _sketch_inverse_sqrt_apply(xp: Any, sketch: GramSketch, v: Any, eps: float) -> Any:
+    """Unchecked :func:`sketch_inverse_sqrt_apply` (validated arguments, ``eps`` a float)."""
     U = sketch.U
     k = int(U.shape[1])
-    eps = check_positive("eps", eps)
-    base = to_core(sketch.rho) + eps
+    base = as_core(xp, sketch.rho) + eps
     sb = xp.sqrt(base)
     p = v * xp.astype(1.0 / sb, v.dtype)
     if k == 0:
         return p
-    s2 = to_core(sketch.sig2)
+    s2 = as_core(xp, sketch.sig2)
     sbs = xp.sqrt(base + s2)
     coef = -s2 / (sb * sbs * (sb + sbs))
-    cv = to_core(U.T @ v) * coef
+    cv = as_core(xp, U.T @ v) * coef
     return p + U @ (cv if cv.dtype == v.dtype else xp.astype(cv, v.dtype))
