@@ -7,26 +7,35 @@ float64 core keeps an ``eps`` below the float32 ulp of ``diag(V)`` (ASGO) and th
 of the bases at float32 rounding.
 
 References: :ref:`theory-adadiag` (arXiv 2502.07488) and :ref:`theory-asgo` (arXiv 2503.20762).
+
+Each public function validates its arguments once (kinds, shapes, scalars, then finiteness:
+``ValueError("NAME: contains NaN or inf")``) and calls its unchecked kernel
+``_svd_basis(xp, G, full, align_to)`` / ``_inverse_root(xp, V, eps, power)``, which checks
+nothing (:mod:`lowrank_precond.linalg._unchecked`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lowrank_precond.backends import all_finite, check_floating, check_positive, to_core
+from lowrank_precond.backends import check_floating, check_positive
+from lowrank_precond.linalg._numerics import as_core, require_finite
 
 __all__ = ["svd_basis", "inverse_root"]
 
 
 def _check_matrix(name: str, a: Any) -> Any:
+    """Kind and shape of a non-empty 2-D floating matrix (finiteness: the caller, last)."""
     xp = check_floating(name, a)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array, got shape {tuple(a.shape)}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(a.shape)}")
-    if not all_finite(a):
-        raise ValueError(f"{name}: contains non-finite values (nan or inf)")
     return xp
+
+
+def _cast(xp: Any, a: Any, dtype: Any) -> Any:
+    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def _signs(xp: Any, new: Any, old: Any) -> Any:
@@ -36,8 +45,8 @@ def _signs(xp: Any, new: Any, old: Any) -> Any:
     return xp.where(dots < 0, -one, one)
 
 
-def _aligned_to(name: str, xp: Any, old: Any, shape: tuple[int, int], like: Any) -> Any:
-    """Validate an ``align_to`` reference matrix and cast it to ``like``'s (core) dtype."""
+def _check_aligned_to(name: str, xp: Any, old: Any, shape: tuple[int, int]) -> None:
+    """Validate the kind and shape of an ``align_to`` reference matrix."""
     try:
         xp_old = check_floating(name, old)
     except TypeError as exc:
@@ -46,7 +55,41 @@ def _aligned_to(name: str, xp: Any, old: Any, shape: tuple[int, int], like: Any)
         raise TypeError(f"align_to: {name} must be an array of the same kind as G")
     if tuple(old.shape) != shape:
         raise ValueError(f"align_to: {name} must have shape {shape}, got {tuple(old.shape)}")
-    return old if old.dtype == like.dtype else xp.astype(old, like.dtype)
+
+
+def _split_align_to(align_to: Any) -> tuple[Any, Any]:
+    """``(P_old, Q_old)`` of ``align_to`` (``Q_old`` None for a single matrix)."""
+    if isinstance(align_to, tuple):
+        if len(align_to) != 2:
+            raise ValueError(
+                f"align_to: expected P_old or a tuple (P_old, Q_old), got a tuple of "
+                f"length {len(align_to)}"
+            )
+        return align_to
+    return align_to, None
+
+
+def _check_svd_args(G: Any, full: Any, align_to: Any) -> Any:
+    """Validate ``svd_basis``'s arguments (finiteness last); return the namespace."""
+    xp = _check_matrix("G", G)
+    if not isinstance(full, bool):
+        raise TypeError(f"full: expected a bool, got {full!r}")
+    m, n = int(G.shape[0]), int(G.shape[1])
+    if m > n:
+        raise ValueError(
+            f"G: expected shape (m, n) with m <= n, got {(m, n)}; pass the transpose "
+            "(AdaDiag works on the short side)"
+        )
+    named = [("G", G)]
+    if align_to is not None:
+        P_old, Q_old = _split_align_to(align_to)
+        _check_aligned_to("P_old", xp, P_old, (m, m))
+        named.append(("align_to: P_old", P_old))
+        if Q_old is not None:
+            _check_aligned_to("Q_old", xp, Q_old, (n, n) if full else (n, m))
+            named.append(("align_to: Q_old", Q_old))
+    require_finite(xp, *named)
+    return xp
 
 
 def svd_basis(G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any, Any]:
@@ -94,7 +137,8 @@ def svd_basis(G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any
     Raises
     ------
     ValueError
-        ``G`` not 2-D, empty, with ``m > n`` or non-finite; ``align_to`` of the wrong shape.
+        ``G`` not 2-D, empty, with ``m > n`` or non-finite (``"G: contains NaN or inf"``);
+        ``align_to`` of the wrong shape or non-finite.
     TypeError
         Non-floating ``G`` or ``align_to``, ``full`` not a bool.
 
@@ -130,33 +174,23 @@ def svd_basis(G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any
     >>> bool(np.allclose(Q2[:, 0], np.array([-3.0, 1.0]) / np.sqrt(10.0)))
     True
     """
-    xp = _check_matrix("G", G)
-    if not isinstance(full, bool):
-        raise TypeError(f"full: expected a bool, got {full!r}")
+    xp = _check_svd_args(G, full, align_to)
+    return _svd_basis(xp, G, full, align_to)
+
+
+def _svd_basis(xp: Any, G: Any, full: bool = True, align_to: Any = None) -> tuple[Any, Any, Any]:
+    """Unchecked :func:`svd_basis` (``align_to`` None, ``P_old`` or ``(P_old, Q_old)``)."""
     m, n = int(G.shape[0]), int(G.shape[1])
-    if m > n:
-        raise ValueError(
-            f"G: expected shape (m, n) with m <= n, got {(m, n)}; pass the transpose "
-            "(AdaDiag works on the short side)"
-        )
-    Gc = to_core(G)
+    Gc = as_core(xp, G)
     P, sig, Vh = xp.linalg.svd(Gc, full_matrices=full)
     Q = Vh.T
     if align_to is not None:
-        if isinstance(align_to, tuple):
-            if len(align_to) != 2:
-                raise ValueError(
-                    f"align_to: expected P_old or a tuple (P_old, Q_old), got a tuple of "
-                    f"length {len(align_to)}"
-                )
-            P_old, Q_old = align_to
-        else:
-            P_old, Q_old = align_to, None
-        P_old = _aligned_to("P_old", xp, P_old, (m, m), P)
+        P_old, Q_old = align_to if isinstance(align_to, tuple) else (align_to, None)
+        P_old = _cast(xp, P_old, P.dtype)
         s = _signs(xp, P, P_old)
         P = P * s
         if Q_old is not None:
-            Q_old = _aligned_to("Q_old", xp, Q_old, tuple(Q.shape), Q)
+            Q_old = _cast(xp, Q_old, Q.dtype)
         if full and n > m:
             s_rest = _signs(xp, Q[:, m:], Q_old[:, m:]) if Q_old is not None else None
             rest = Q[:, m:] if s_rest is None else Q[:, m:] * s_rest
@@ -224,7 +258,13 @@ def inverse_root(V: Any, eps: float, power: float = 0.5) -> Any:
         raise ValueError(f"V: expected a square matrix, got shape {tuple(V.shape)}")
     eps = check_positive("eps", eps)
     power = check_positive("power", power)
-    Vc = to_core(V)
+    require_finite(xp, ("V", V))
+    return _inverse_root(xp, V, eps, power)
+
+
+def _inverse_root(xp: Any, V: Any, eps: float, power: float = 0.5) -> Any:
+    """Unchecked :func:`inverse_root` (``eps``, ``power`` floats ``> 0``)."""
+    Vc = as_core(xp, V)
     w, E = xp.linalg.eigh((Vc + Vc.T) / 2)
     w = xp.where(w > 0, w, xp.zeros_like(w))
     scale = (w + eps) ** (-power)
