@@ -1,6 +1,6 @@
 """The torch.optim wrappers (lowrank_precond.optim.torch, public as lowrank_precond.torch).
 
-References are built inside the tests: torch.optim.Adagrad/Adam/AdamW, a dense A.3 AdaGram
+References are built inside the tests: torch.optim.Adagrad/Adam/AdamW, a dense AdaGram
 recursion, and the preconditioner factories run by hand on the same gradient stream.
 """
 
@@ -111,7 +111,7 @@ def test_adam_equals_torch_adam(kwargs, reference):
     assert opt1.state[ours[0]]["t"] == 50
 
 
-# --------------------------------------------------------------------------- AdaGram vs dense A.3
+# ------------------------------------- AdaGram vs the dense recursion (docs/theory.rst, AdaGram)
 @pytest.mark.parametrize("rank", [None, 40])
 def test_adagram_exact_equals_dense_recursion(rank):
     d, eps, lr = 12, 1e-3, 0.1
@@ -463,7 +463,7 @@ def test_nonfinite_skip_with_inf_in_group_spanning_adagram():
     "cls, kwargs",
     [
         (AdaGram, {"rank": 2}),
-        (AdamGram, {"rank": 2}),
+        (AdamGram, {"rank": None}),
         (SketchedAdaGrad, {"rank": 2}),
         (ASGO, {}),
         (ASGO, {"beta1": 0.5}),
@@ -524,7 +524,7 @@ def test_custom_subclass_with_callable_factory():
 ALL_CLASSES = [
     (AdaGram, {"rank": 2}),
     (AdaGram, {"rank": 2, "direction": "symmetric", "integrator": "truncated_svd"}),
-    (AdamGram, {"rank": 2}),
+    (AdamGram, {"rank": None}),
     (SketchedAdaGrad, {"rank": 2}),
     (FullMatrixAdaGrad, {}),
     (AdaDiag, {"update_freq": 2}),
