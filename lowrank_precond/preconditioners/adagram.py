@@ -31,11 +31,14 @@ from lowrank_precond.linalg.factorization import (
     rank_one_increment,
     symmetric_direction,
 )
+from lowrank_precond.linalg.integrator_types import (
+    INTEGRATOR_NAMES,
+    BasisUpdateGalerkin,
+    ProjectorSplitting,
+    TruncatedSVD,
+)
 from lowrank_precond.linalg.integrators import (
-    basis_update_galerkin,
-    projector_splitting,
     recompress,
-    truncated_svd,
 )
 from lowrank_precond.linalg.lowrank import Factored, LowRank
 from lowrank_precond.linalg.streaming import (
@@ -69,7 +72,8 @@ __all__ = [
 #: accepted values of ``direction``
 DIRECTIONS = ("published", "symmetric", "newton")
 #: accepted names of ``integrator`` (a callable ``f(lowrank, x, y) -> LowRank`` also works)
-INTEGRATORS = ("truncated_svd", "projector_splitting", "basis_update_galerkin")
+INTEGRATORS = INTEGRATOR_NAMES
+INTEGRATOR_TYPES = (TruncatedSVD, ProjectorSplitting, BasisUpdateGalerkin)
 
 Integrator = Callable[[LowRank, Any, Any], LowRank]
 
@@ -91,7 +95,7 @@ class AdaGramState:
     sumsq : float
         ``sum_s |g_s|^2`` over the accepted steps (for the health bound
         ``sv(I - M) in [sqrt(eps / (eps + sumsq)), 1]``, [A10]).
-    last_rho : float
+    last_ratio : float
         ``rho_t = eps |gbar_t|^2 / |g_t|^2`` of the last accepted step (``0.0`` before the
         first). On an exact factor ``rho_t <= 1`` always [B14]; ``rho_t > 1`` certifies that a
         truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed (:ref:`theory-truncation`). Free:
@@ -118,13 +122,21 @@ class AdaGramState:
 
     t: int
     sumsq: float
-    last_rho: float
+    last_ratio: float
     P: Any
     Q: Any
     U: Any
     S: Any
     V: Any
     last_impl: str = field(default="reference", kw_only=True)
+
+    @classmethod
+    def upgrade_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Read a checkpoint of the earlier layout, which called ``last_ratio`` ``last_rho``."""
+        data = dict(data)
+        if "last_rho" in data:
+            data.setdefault("last_ratio", data.pop("last_rho"))
+        return data
 
     @property
     def truncated(self) -> bool:
@@ -159,14 +171,24 @@ class AdamGramState(AdaGramState):
 # --------------------------------------------------------------------------- shared mechanism
 
 
-def _check_integrator(integrator: Any, order: int, tol: float) -> None:
-    if callable(integrator):
+def _resolve_integrator(integrator: Any, order: int, tol: float) -> Any:
+    """The integrator as a value (or the caller's own callable).
+
+    ``integrator`` is a value (``ProjectorSplitting(order=2)``, ...), a name plus the older
+    ``order`` / ``tol`` options (checked against it), or a callable
+    ``f(lowrank, x, y) -> LowRank``.
+    """
+    if isinstance(integrator, INTEGRATOR_TYPES) or (
+        callable(integrator) and not isinstance(integrator, str)
+    ):
         if order != 1 or tol != 0.0:
             raise ValueError(
-                "order/tol: only used by the named integrators 'projector_splitting' (order) "
-                "and 'basis_update_galerkin' (tol); a callable integrator takes neither"
+                "order/tol: options of the named integrators 'projector_splitting' (order) "
+                "and 'basis_update_galerkin' (tol); with an integrator value set them on it "
+                "(ProjectorSplitting(order=2), BasisUpdateGalerkin(tol=...)), and a callable "
+                "integrator takes neither"
             )
-        return
+        return integrator
     check_in("integrator", integrator, INTEGRATORS)
     if order != 1 and integrator != "projector_splitting":
         raise ValueError(
@@ -178,20 +200,18 @@ def _check_integrator(integrator: Any, order: int, tol: float) -> None:
             f"tol: {tol} is only meaningful for integrator='basis_update_galerkin' "
             f"(rank-adaptive BUG), got integrator={integrator!r}"
         )
-
-
-def _make_integrator(integrator: Any, rank: int, order: int, tol: float) -> Integrator:
-    if callable(integrator):
-        return integrator
-    if integrator == "truncated_svd":
-        return lambda low, x, y: truncated_svd(low, x, y, rank)
     if integrator == "projector_splitting":
-        return lambda low, x, y: projector_splitting(low, x, y, order=order)
-    if tol > 0.0:
-        return lambda low, x, y: basis_update_galerkin(
-            low, x, y, rank_adaptive=True, tol=tol, max_rank=rank
-        )
-    return lambda low, x, y: basis_update_galerkin(low, x, y)
+        return ProjectorSplitting(order=order)
+    if integrator == "basis_update_galerkin":
+        return BasisUpdateGalerkin(tol=tol)
+    return TruncatedSVD()
+
+
+def _make_integrator(integrator: Any, rank: int) -> Integrator:
+    """``f(lowrank, x, y) -> LowRank`` at the rank budget ``rank``."""
+    if isinstance(integrator, INTEGRATOR_TYPES):
+        return lambda low, x, y: integrator(low, x, y, rank)
+    return integrator
 
 
 class _Updated:
@@ -232,11 +252,11 @@ def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
 
 
 def _counters(state: AdaGramState, gnorm: float, nu: float, eps: float) -> dict[str, Any]:
-    """``t``, ``sumsq`` and ``last_rho`` after an accepted step (``g != 0``)."""
+    """``t``, ``sumsq`` and ``last_ratio`` after an accepted step (``g != 0``)."""
     sumsq = state.sumsq + gnorm * gnorm
     check_statistic("sumsq", sumsq)
     ratio = math.sqrt(eps) * nu / gnorm
-    return {"t": state.t + 1, "sumsq": sumsq, "last_rho": ratio * ratio}
+    return {"t": state.t + 1, "sumsq": sumsq, "last_ratio": ratio * ratio}
 
 
 def _fused(
@@ -350,15 +370,14 @@ class _Curvature:
         self.rank = None if rank is None else check_int("rank", rank, minimum=1)
         self.direction = check_in("direction", direction, DIRECTIONS)
         self.eps = check_eps("eps", eps)
-        self.order = check_in("order", check_int("order", order), (1, 2))
-        self.tol = check_positive("tol", tol, allow_zero=True)
-        _check_integrator(integrator, self.order, self.tol)
-        self.integrator = integrator
+        order = check_in("order", check_int("order", order), (1, 2))
+        tol = check_positive("tol", tol, allow_zero=True)
+        self.integrator = _resolve_integrator(integrator, order, tol)
         self.factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
         self.impl = check_in("impl", impl, IMPLS)
         # only the truncated KSL step of the gradient's own direction has a fused form
         why = None
-        if not (integrator == "projector_splitting" and self.order == 1):
+        if self.integrator != ProjectorSplitting(order=1):
             why = "the fused step is the KSL step: integrator='projector_splitting', order=1"
         elif self.direction not in ("published", "symmetric"):
             why = "the fused step computes the 'published' or 'symmetric' direction"
@@ -379,8 +398,6 @@ class _Curvature:
             "integrator": self.integrator,
             "direction": self.direction,
             "eps": self.eps,
-            "order": self.order,
-            "tol": self.tol,
             "factor_dtype": self.factor_dtype,
             "impl": self.impl,
         }
@@ -399,7 +416,7 @@ class _Curvature:
             if not ok:
                 raise ValueError(f"impl: 'fused' cannot run for this parameter: {why}")
         fields = _empty_factors(xp, d, dtype, device_of(x))
-        fields.update(t=0, sumsq=0.0, last_rho=0.0)
+        fields.update(t=0, sumsq=0.0, last_ratio=0.0)
         return fields
 
     def flat(self, grad: Any, state: AdaGramState, cast: bool = True) -> Any:
@@ -430,7 +447,7 @@ class _Curvature:
         d = int(g.shape[0])
         # the state's own d bounds the rank: with d <= rank, rank d is exact
         rank = None if self.rank is None else min(self.rank, d)
-        integrate = _make_integrator(self.integrator, rank or d, self.order, self.tol)
+        integrate = _make_integrator(self.integrator, rank or d)
         updated, fields = _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
         if fields is not None:
             fields["last_impl"] = impl
@@ -446,11 +463,15 @@ _ARGS_DOC = """
         ``recompress(P Q^T, r)`` and from then on the integrator advances ``U S V^T`` every step
         (memory ``2 d r``, O(d r^2) per step; :ref:`theory-integrators-warmup`). A parameter with ``d <= rank`` uses rank
         ``d``, which is exact.
-    integrator : {"projector_splitting", "truncated_svd", "basis_update_galerkin"} or callable
-        How a rank-``r`` ``M`` absorbs ``x y^T`` (:ref:`theory-integrators-methods`): KSL projector splitting (``order`` 1:
-        Lie-Trotter, 2: Strang), best rank-``r`` truncation of ``M + x y^T``, or BUG. A callable
-        ``f(lowrank, x, y) -> LowRank`` is used as given (it must keep the rank bounded). Unused
-        when ``rank=None``.
+    integrator : integrator value, name, or callable
+        How a rank-``r`` ``M`` absorbs ``x y^T`` (:ref:`theory-integrators-methods`):
+        ``ProjectorSplitting(order=1)`` (default; KSL, Lie-Trotter, or Strang with
+        ``order=2``), ``TruncatedSVD()`` (best rank-``r`` truncation of ``M + x y^T``) or
+        ``BasisUpdateGalerkin(tol=0.0, max_rank=None)`` (BUG; rank-adaptive with ``tol > 0``),
+        from :mod:`lowrank_precond.linalg.integrator_types`. A name
+        (``"projector_splitting"``, ``"truncated_svd"``, ``"basis_update_galerkin"``) means
+        that integrator's default value. A callable ``f(lowrank, x, y) -> LowRank`` is used as
+        given (it must keep the rank bounded). Unused when ``rank=None``.
     direction : {"symmetric", "published", "newton"}
         ``"symmetric"`` (default): ``G_t^{-1/2} v``, the true full-matrix AdaGrad step, always
         a descent direction (O(d k^2) per step); ``"published"``: ``L_t^{-1} v`` (AdaGram as
@@ -463,11 +484,13 @@ _ARGS_DOC = """
     eps : float > 0
         ``G_0 = eps I`` (inside the root, the same eps as full-matrix AdaGrad).
     order : {1, 2}
-        Splitting order of ``"projector_splitting"`` (only that integrator accepts ``2``).
+        The older spelling of ``integrator=ProjectorSplitting(order=...)``: only with the name
+        ``"projector_splitting"``.
     tol : float >= 0
-        ``> 0`` makes ``"basis_update_galerkin"`` rank-adaptive: it keeps the smallest rank
-        ``r1 <= rank`` whose discarded singular values have norm ``<= tol`` (for a rank-one
-        increment this equals SVD truncation [B07]). Only that integrator accepts ``tol > 0``.
+        The older spelling of ``integrator=BasisUpdateGalerkin(tol=...)``: only with the name
+        ``"basis_update_galerkin"``. ``> 0`` keeps the smallest rank ``r1 <= rank`` whose
+        discarded singular values have norm ``<= tol`` (for a rank-one increment this equals
+        SVD truncation [B07]).
     nonfinite : {"raise", "skip"}
         A gradient with NaN/inf raises ``FloatingPointError`` before touching the state, or
         (``"skip"``) gives a zero direction and the very same state.
@@ -513,7 +536,7 @@ def _fill_doc(func: Any) -> Any:
 @_fill_doc
 def adagram(
     rank: int | None = 5,
-    integrator: str | Integrator = "projector_splitting",
+    integrator: Any = "projector_splitting",
     direction: str = "symmetric",
     eps: float = 1e-8,
     order: int = 1,
@@ -547,7 +570,7 @@ def adagram(
     -------
     Preconditioner
         ``init(x) -> AdaGramState``; ``update(g, state) -> (direction, AdaGramState)`` with
-        the direction in ``g``'s shape, dtype and backend. ``state.last_rho`` is a free health
+        the direction in ``g``'s shape, dtype and backend. ``state.last_ratio`` is a free health
         check (``<= 1`` on exact states, :ref:`theory-truncation`); ``factor_health(state.factor)`` is the O(d r^2)
         one.
 
@@ -610,7 +633,7 @@ def adagram(
 @_fill_doc
 def adamgram(
     rank: int | None,
-    integrator: str | Integrator = "projector_splitting",
+    integrator: Any = "projector_splitting",
     direction: str = "symmetric",
     eps: float = 1e-8,
     betas: tuple[float, float] = (0.9, 0.0),

@@ -7,6 +7,7 @@ ASGO accumulates ``V = sum G G^T`` on one side of a weight matrix and steps alon
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ SIDES = ("left", "right")
 
 @dataclass
 class ASGOState:
-    """State of :func:`asgo` without momentum (``beta1 == 0``).
+    """State of :func:`asgo` without momentum (``betas[0] == 0``).
 
     ``m`` is the preconditioned side (see :func:`asgo`'s ``side``).
 
@@ -48,7 +49,7 @@ class ASGOState:
     t : int
         Number of updates applied.
     V : array, shape (m, m)
-        ``sum G G^T`` (or its EMA when ``beta2`` is given), in the parameter's dtype.
+        ``sum G G^T`` (or its EMA when ``betas[1]`` is given), in the parameter's dtype.
     R : array, shape (m, m)
         The cached root ``(V + eps I)^{-1/2}`` of the last refresh (``eps^{-1/2} I`` before
         the first update).
@@ -72,7 +73,7 @@ class ASGOState:
 
 @dataclass
 class ASGOMomentumState:
-    """State of :func:`asgo` with momentum (``beta1 > 0``).
+    """State of :func:`asgo` with momentum (``betas[0] > 0``).
 
     Attributes
     ----------
@@ -106,20 +107,22 @@ class ASGOMomentumState:
 def asgo(
     update_freq: int = 1,
     eps: float = 1e-8,
-    beta1: float = 0.0,
-    beta2: float | None = None,
+    betas: tuple[float, float | None] = (0.0, None),
     side: str = "left",
     nonfinite: str = "raise",
+    *,
+    beta1: float | None = None,
+    beta2: float | None = None,
 ) -> Preconditioner:
     """ASGO: ``(V + eps I)^{-1/2} G`` with ``V = sum G G^T`` on one side of the parameter.
 
     With the working matrix ``G`` ``(m, n)`` (see ``side``) and ``t`` the number of updates so
     far (0 on the first call)::
 
-        V = V + G G^T                      (beta2 given: V = b2 V + (1-b2) G G^T)
+        V = V + G G^T                      (b2 given: V = b2 V + (1-b2) G G^T)
         if t % update_freq == 0:  R = (V + eps I)^{-1/2}      (eigh, eigenvalues clamped at 0)
         t += 1
-        B = G                              (beta1 > 0: B = b1 B + (1-b1) G)
+        B = G                              (b1 > 0: B = b1 B + (1-b1) G)
         direction = R B
 
     ``V`` accumulates every step while ``R`` is refreshed every ``update_freq`` steps (stale in
@@ -147,10 +150,12 @@ def asgo(
         Refresh period ``T`` of the root ``R``.
     eps : float, > 0
         Damping inside the root.
-    beta1 : float in [0, 1)
-        Momentum on ``G`` (0: none; the state then holds no ``B``).
-    beta2 : float in [0, 1) or None
-        ``None``: ``V`` is the plain sum (AdaGrad); otherwise an EMA with this factor.
+    betas : (float, float or None)
+        ``(b1, b2)``, named as in every other method: ``b1`` in ``[0, 1)`` the momentum on
+        ``G`` (0: none; the state then holds no ``B``); ``b2`` ``None`` for the plain sum
+        ``V`` (AdaGrad), or in ``[0, 1)`` for an EMA with this factor.
+    beta1, beta2 : float, keyword-only, deprecated
+        The earlier spelling of ``betas=(beta1, beta2)`` (a ``DeprecationWarning``).
     side : {"left", "right"}
         The side of a 2-D parameter that is preconditioned (see above).
     nonfinite : {"raise", "skip"}
@@ -159,13 +164,13 @@ def asgo(
     Returns
     -------
     Preconditioner
-        ``init(x) -> ASGOState`` (``ASGOMomentumState`` when ``beta1 > 0``) for a 1-D or 2-D
+        ``init(x) -> ASGOState`` (``ASGOMomentumState`` when ``betas[0] > 0``) for a 1-D or 2-D
         ``x``; ``update(g, state) -> (direction, state)``, the direction in ``g``'s shape.
 
     Notes
     -----
     Cost O(m^2 n) per step and O(m^3) per refresh; memory ``2 m^2`` (+ ``m n`` with
-    momentum). The authors' public configuration uses momentum 0.9, ``beta2`` 0.8, damping
+    momentum). The authors' public configuration uses momentum 0.9, ``b2`` 0.8, damping
     1e-10 and an iterative inverse root; the eigendecomposition here is the reference.
 
     References
@@ -189,8 +194,21 @@ def asgo(
     """
     update_freq = check_update_freq("update_freq", update_freq)
     eps = check_eps("eps", eps)
-    beta1 = check_beta("beta1", beta1)
-    beta2 = check_optional_beta("beta2", beta2)
+    if beta1 is not None or beta2 is not None:
+        warnings.warn(
+            "asgo: beta1=/beta2= are deprecated; pass betas=(beta1, beta2)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        betas = (0.0 if beta1 is None else beta1, beta2)
+    try:
+        pair = tuple(betas)
+    except TypeError:
+        raise TypeError(f"betas: expected a pair (beta1, beta2 or None), got {betas!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"betas: expected a pair (beta1, beta2 or None), got {betas!r}")
+    beta1 = check_beta("betas[0]", pair[0])
+    beta2 = check_optional_beta("betas[1]", pair[1])
     side = check_in("side", side, SIDES)
     momentum = beta1 > 0.0
 
@@ -240,8 +258,7 @@ def asgo(
         {
             "update_freq": update_freq,
             "eps": eps,
-            "beta1": beta1,
-            "beta2": beta2,
+            "betas": (beta1, beta2),
             "side": side,
             "nonfinite": nonfinite,
         },

@@ -17,7 +17,7 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
-from lowrank_precond.linalg.sketch import INTEGRATORS as SKETCH_INTEGRATORS
+from lowrank_precond.linalg.integrator_types import as_integrator
 from lowrank_precond.linalg.sketch import (
     GramSketch,
     gram_sketch_update,
@@ -117,6 +117,17 @@ class SketchedAdaGradMomentumState(SketchedAdaGradState):
         return data
 
 
+def _integrator_name(integrator: Any) -> str:
+    """The name of a sketch integrator given by name or as a value with default options."""
+    value = as_integrator(integrator)
+    if value != type(value)():
+        raise ValueError(
+            f"integrator: the sketch's integrators take no options, got {value!r} "
+            f"(use {type(value).__name__}() or {value.name!r})"
+        )
+    return value.name
+
+
 class _View:
     """:class:`~lowrank_precond.preconditioners.compose.CurvatureView` of one sketch step."""
 
@@ -141,14 +152,14 @@ class _Curvature:
         self.rank = check_int("rank", rank, minimum=1)
         self.eps = check_eps("eps", eps)
         self.shrink = check_bool("shrink", shrink)
-        self.integrator = check_in("integrator", integrator, SKETCH_INTEGRATORS)
+        self.integrator = None if integrator is None else _integrator_name(integrator)
         if integrator is not None and not shrink:
             raise ValueError(f"integrator: {integrator!r} needs shrink=True")
         self.b2 = b2
         self.factor_dtype = check_factor_dtype("factor_dtype", factor_dtype)
         self.impl = check_in("impl", impl, IMPLS)
         why = None
-        if integrator is not None:
+        if self.integrator is not None:
             why = "the fused step is the Frequent-Directions step: integrator=None"
         elif b1 > 0.0:
             why = "the fused step computes the gradient's own direction, not the moment's"
@@ -248,7 +259,7 @@ def sketched_adagrad(
     shrink : bool
         ``True``: Frequent Directions (shrink by the dropped eigenvalue, the Loewner sandwich
         above). ``False``: plain truncation with the dropped eigenvalue added to ``rho``.
-    integrator : {None, "truncated_svd", "projector_splitting", "basis_update_galerkin"}
+    integrator : None, or an integrator name or value with its default options
         ``None``: Frequent Directions. Otherwise the seeds' integrators applied to the
         symmetric increment ``g g^T`` once the sketch holds ``rank`` columns, with the escaped
         trace added to ``rho`` (:func:`~lowrank_precond.linalg.gram_sketch_update`). Measured
@@ -320,7 +331,7 @@ def sketched_adagrad(
         "rank": curvature.rank,
         "eps": curvature.eps,
         "shrink": curvature.shrink,
-        "integrator": integrator,
+        "integrator": curvature.integrator,
         "betas": (b1, b2),
         "nonfinite": nonfinite,
         "factor_dtype": curvature.factor_dtype,

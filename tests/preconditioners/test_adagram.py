@@ -33,6 +33,11 @@ from dense_reference import (
 )
 
 from lowrank_precond import preconditioners as pc
+from lowrank_precond.linalg.integrator_types import (
+    BasisUpdateGalerkin,
+    ProjectorSplitting,
+    TruncatedSVD,
+)
 from lowrank_precond.linalg import factor_health
 
 # the factories under test (through the public package, as users reach them)
@@ -241,8 +246,8 @@ def test_exact_matches_dense_replay(stream, references, direction):
     for s, (t, sumsq, rho) in zip(states, info, strict=True):
         assert s.t == t
         assert s.sumsq == pytest.approx(sumsq, rel=1e-12)
-        assert s.last_rho == pytest.approx(rho, rel=1e-10)
-        assert s.last_rho <= 1.0 + 1e-12  # [B14]
+        assert s.last_ratio == pytest.approx(rho, rel=1e-10)
+        assert s.last_ratio <= 1.0 + 1e-12  # [B14]
 
 
 def test_exact_health_interval(stream):
@@ -268,7 +273,7 @@ def test_rank5_matches_dense_replay(stream, references, integrator, direction):
     assert states[4].P.shape == (D, 5)
     assert states[-1].U.shape == (D, 5) and states[-1].P.shape == (D, 0)
     assert states[-1].t == STEPS
-    assert [s.last_rho for s in states] == pytest.approx([i[2] for i in info], rel=1e-8)
+    assert [s.last_ratio for s in states] == pytest.approx([i[2] for i in info], rel=1e-8)
     # the truncated matrices really differ from exact AdaGram (the test is not vacuous)
     exact = references(None)[0][direction]
     assert _rel(got[-1], exact[-1]) > 1e-3
@@ -379,7 +384,7 @@ def test_first_step_is_normalised_gradient():
     p, st = pre.update(g, pre.init(np.zeros(3)))
     # L_1^{-1} g = gbar / s with gbar = g, s = sqrt(1 + 9)
     np.testing.assert_allclose(p, g / math.sqrt(10.0), rtol=1e-15)
-    assert (st.t, st.sumsq, st.last_rho) == (1, 9.0, pytest.approx(1.0))
+    assert (st.t, st.sumsq, st.last_ratio) == (1, 9.0, pytest.approx(1.0))
 
 
 def test_parameter_shape_and_rank_above_d(rng):
@@ -536,14 +541,42 @@ def test_checkpoint_roundtrip(stream, factory, direction):
     for split in (2, 4, 9):  # exact, boundary, truncated
         check_roundtrip(pre, state_cls, np.zeros(D), stream[:14], split)
     fields = {f.name for f in dataclasses.fields(state_cls)}
-    assert {"t", "sumsq", "last_rho", "P", "Q", "U", "S", "V"} <= fields
+    assert {"t", "sumsq", "last_ratio", "P", "Q", "U", "S", "V"} <= fields
 
 
 def test_repr_and_hyperparams():
     pre = adagram(rank=5, integrator="truncated_svd", direction="symmetric")
     assert pre.name == "adagram" and pre.hyperparams["rank"] == 5
-    assert "truncated_svd" in repr(pre)
+    assert "TruncatedSVD()" in repr(pre)
     assert adamgram(rank=None).hyperparams["betas"] == (0.9, 0.0)
+
+
+@pytest.mark.parametrize(
+    "value,name,options",
+    [
+        (ProjectorSplitting(order=2), "projector_splitting", {"order": 2}),
+        (ProjectorSplitting(), "projector_splitting", {}),
+        (BasisUpdateGalerkin(tol=1e-6), "basis_update_galerkin", {"tol": 1e-6}),
+        (TruncatedSVD(), "truncated_svd", {}),
+    ],
+)
+def test_integrator_values_equal_the_named_spelling(stream, value, name, options):
+    a, _ = _run(adagram(rank=4, eps=EPS, integrator=value), np.zeros(D), stream[:30])
+    b, _ = _run(adagram(rank=4, eps=EPS, integrator=name, **options), np.zeros(D), stream[:30])
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert adagram(rank=4, integrator=name, **options).hyperparams["integrator"] == value
+
+
+def test_integrator_value_options_are_set_on_the_value():
+    with pytest.raises(ValueError, match="^order/tol"):
+        adagram(integrator=ProjectorSplitting(), order=2)
+    with pytest.raises(ValueError, match="^order"):
+        ProjectorSplitting(order=3)
+    with pytest.raises(ValueError, match="^tol"):
+        BasisUpdateGalerkin(tol=-1.0)
+    with pytest.raises(ValueError, match="^max_rank"):
+        BasisUpdateGalerkin(tol=0.1, max_rank=0)
 
 
 @pytest.mark.parametrize(

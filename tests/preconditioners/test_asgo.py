@@ -38,6 +38,19 @@ def _reference(shape, grads, *, side, **kwargs):
     return [p.reshape(shape) for p in out], state
 
 
+
+def _asgo(**options):
+    """``pc.asgo`` with the reference's option names (``beta1``, ``beta2``) as ``betas``."""
+    if "beta1" in options or "beta2" in options:
+        options["betas"] = (options.pop("beta1", 0.0), options.pop("beta2", None))
+    return pc.asgo(**options)
+
+
+def test_deprecated_beta_keywords_still_work_and_warn():
+    with pytest.warns(DeprecationWarning, match="betas"):
+        old = pc.asgo(beta1=0.9, beta2=0.8)
+    assert old.hyperparams["betas"] == (0.9, 0.8)
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -54,7 +67,7 @@ def _reference(shape, grads, *, side, **kwargs):
 def test_matches_reference(rng, shape, side, options):
     grads = gradient_stream(rng, shape, STEPS)
     eps = 1e-8
-    got, state = run_preconditioner(pc.asgo(eps=eps, side=side, **options), np.zeros(shape), grads)
+    got, state = run_preconditioner(_asgo(eps=eps, side=side, **options), np.zeros(shape), grads)
     want, ref = _reference(shape, grads, side=side, eps=eps, **options)
     # Preconditioning the long side (e.g. (10, 6) with side="left") leaves V rank deficient
     # at the first refresh, which makes the step ill-conditioned (~eps^{-1/2}); the reference
@@ -73,16 +86,16 @@ def test_matches_reference(rng, shape, side, options):
 
 def test_options_change_the_result(rng):
     grads = gradient_stream(rng, (4, 7), 12)
-    base, _ = run_preconditioner(pc.asgo(), np.zeros((4, 7)), grads)
+    base, _ = run_preconditioner(_asgo(), np.zeros((4, 7)), grads)
     for kwargs in ({"beta1": 0.9}, {"beta2": 0.9}, {"update_freq": 5}, {"side": "right"}):
-        other, _ = run_preconditioner(pc.asgo(**kwargs), np.zeros((4, 7)), grads)
+        other, _ = run_preconditioner(_asgo(**kwargs), np.zeros((4, 7)), grads)
         assert np.linalg.norm(other[-1] - base[-1]) > 1e-3 * np.linalg.norm(base[-1]), kwargs
 
 
 def test_root_invariants_D01(rng):
     eps = 1e-6
     grads = gradient_stream(rng, (5, 8), 10)
-    _, state = run_preconditioner(pc.asgo(eps=eps), np.zeros((5, 8)), grads)
+    _, state = run_preconditioner(_asgo(eps=eps), np.zeros((5, 8)), grads)
     R, V = state.R, state.V
     np.testing.assert_array_equal(R, R.T)
     np.testing.assert_allclose(R @ (V + eps * np.eye(5)) @ R, np.eye(5), atol=1e-12)
@@ -94,7 +107,7 @@ def test_root_invariants_D01(rng):
 
 def test_stale_root_between_refreshes_D03(rng):
     grads = gradient_stream(rng, (3, 6), 9)
-    pre = pc.asgo(update_freq=4)
+    pre = _asgo(update_freq=4)
     state = pre.init(np.zeros((3, 6)))
     roots, sums = [], []
     for g in grads:
@@ -115,10 +128,10 @@ def test_column_vector_is_full_matrix_adagrad_D02(rng):
     # eps = 1e-4: during the first d steps both methods invert eps I + G with eigenvalues
     # ~eps in the unseen directions, where rounding is amplified by eps^{-1/2}
     full, _ = run_preconditioner(pc.full_matrix_adagrad(eps=1e-4), np.zeros(d), grads)
-    vec, state = run_preconditioner(pc.asgo(eps=1e-4), np.zeros(d), grads)
+    vec, state = run_preconditioner(_asgo(eps=1e-4), np.zeros(d), grads)
     assert state.V.shape == (d, d)  # the documented O(d^2) memory
     assert_directions_close(vec, full, 1e-12)
-    col, _ = run_preconditioner(pc.asgo(eps=1e-4), np.zeros((d, 1)), [g[:, None] for g in grads])
+    col, _ = run_preconditioner(_asgo(eps=1e-4), np.zeros((d, 1)), [g[:, None] for g in grads])
     assert_directions_close([p[:, 0] for p in col], full, 1e-12)
 
 
@@ -129,10 +142,10 @@ def test_row_vector_is_adagrad_norm_D02(rng):
     for g in grads:
         acc += g @ g
         want.append(g / np.sqrt(eps + acc))
-    right, state = run_preconditioner(pc.asgo(side="right", eps=eps), np.zeros(d), grads)
+    right, state = run_preconditioner(_asgo(side="right", eps=eps), np.zeros(d), grads)
     assert state.V.shape == (1, 1)
     assert_directions_close(right, want, 1e-13)
-    row, _ = run_preconditioner(pc.asgo(eps=eps), np.zeros((1, d)), [g[None, :] for g in grads])
+    row, _ = run_preconditioner(_asgo(eps=eps), np.zeros((1, d)), [g[None, :] for g in grads])
     assert_directions_close([p[0] for p in row], want, 1e-13)
 
 
@@ -149,7 +162,7 @@ def test_backends_agree(xp, rng, vector, side, options):
     else:
         shape, eps = ((5, 8) if side == "left" else (8, 5)), 1e-6
     grads = gradient_stream(rng, shape, 30)
-    pre = pc.asgo(side=side, eps=eps, **options)
+    pre = _asgo(side=side, eps=eps, **options)
     want, _ = run_preconditioner(pre, np.zeros(shape), grads)
     got, state = run_preconditioner(pre, np.zeros(shape), grads, xp=xp)
     assert_directions_close(got, want, 1e-10)
@@ -160,7 +173,7 @@ def test_backends_agree(xp, rng, vector, side, options):
 def test_float32_runs_finite(xp, rng, side):
     shape = (5, 8)
     grads = gradient_stream(rng, shape, 30)
-    pre = pc.asgo(side=side, beta1=0.9)
+    pre = _asgo(side=side, betas=(0.9, None))
     got = check_float32(pre, np.zeros(shape), grads, xp)
     want, _ = run_preconditioner(pre, np.zeros(shape), grads)
     assert_directions_close(got, want, 1e-3)
@@ -168,17 +181,17 @@ def test_float32_runs_finite(xp, rng, side):
 
 @pytest.mark.parametrize("options", [{}, {"beta1": 0.9, "update_freq": 2}])
 def test_nonfinite(rng, options):
-    check_nonfinite(pc.asgo, np.zeros((3, 5)), gradient_stream(rng, (3, 5), 6), **options)
+    check_nonfinite(_asgo, np.zeros((3, 5)), gradient_stream(rng, (3, 5), 6), **options)
 
 
 @pytest.mark.parametrize("beta1, cls", [(0.0, ASGOState), (0.9, ASGOMomentumState)])
 def test_state_roundtrip(rng, beta1, cls):
-    pre = pc.asgo(beta1=beta1, beta2=0.99, update_freq=3)
+    pre = _asgo(betas=(beta1, 0.99), update_freq=3)
     check_roundtrip(pre, cls, np.zeros((4, 6)), gradient_stream(rng, (4, 6), 30), 11)
 
 
 def test_update_does_not_mutate_state(rng):
-    pre = pc.asgo(beta1=0.9, update_freq=2)
+    pre = _asgo(betas=(0.9, None), update_freq=2)
     grads = gradient_stream(rng, (3, 4), 3)
     _, s1 = run_preconditioner(pre, np.zeros((3, 4)), grads[:2])
     before = {k: np.array(v, copy=True) for k, v in vars(s1).items()}
@@ -188,14 +201,14 @@ def test_update_does_not_mutate_state(rng):
 
 
 def test_init_and_registry():
-    st = pc.asgo().init(np.zeros((3, 7)))
+    st = _asgo().init(np.zeros((3, 7)))
     assert isinstance(st, ASGOState) and st.V.shape == (3, 3)
     np.testing.assert_allclose(st.R, 1e4 * np.eye(3))
-    st = pc.asgo(side="right", beta1=0.5).init(np.zeros((3, 7)))
+    st = _asgo(side="right", betas=(0.5, None)).init(np.zeros((3, 7)))
     assert st.V.shape == (7, 7) and st.B.shape == (7, 3)
     assert pc.get("asgo") is pc.asgo
-    assert repr(pc.asgo()) == (
-        "asgo(update_freq=1, eps=1e-08, beta1=0.0, beta2=None, side='left', nonfinite='raise')"
+    assert repr(_asgo()) == (
+        "asgo(update_freq=1, eps=1e-08, betas=(0.0, None), side='left', nonfinite='raise')"
     )
 
 
@@ -206,11 +219,13 @@ def test_init_and_registry():
         ({"update_freq": None}, "update_freq", TypeError),
         ({"eps": 0.0}, "eps", ValueError),
         ({"eps": float("inf")}, "eps", ValueError),
-        ({"beta1": 1.0}, "beta1", ValueError),
-        ({"beta1": -0.5}, "beta1", ValueError),
-        ({"beta1": None}, "beta1", TypeError),
-        ({"beta2": 1.5}, "beta2", ValueError),
-        ({"beta2": "0.9"}, "beta2", TypeError),
+        ({"betas": (1.0, None)}, r"betas\[0\]", ValueError),
+        ({"betas": (-0.5, None)}, r"betas\[0\]", ValueError),
+        ({"betas": (None, None)}, r"betas\[0\]", TypeError),
+        ({"betas": (0.0, 1.5)}, r"betas\[1\]", ValueError),
+        ({"betas": (0.0, "0.9")}, r"betas\[1\]", TypeError),
+        ({"betas": 0.9}, "betas", TypeError),
+        ({"betas": (0.9,)}, "betas", ValueError),
         ({"side": "both"}, "side", ValueError),
         ({"side": None}, "side", ValueError),
         ({"nonfinite": "warn"}, "nonfinite", ValueError),
@@ -218,11 +233,11 @@ def test_init_and_registry():
 )
 def test_bad_arguments(kwargs, match, exc):
     with pytest.raises(exc, match=match):
-        pc.asgo(**kwargs)
+        _asgo(**kwargs)
 
 
 def test_bad_parameters_and_gradients():
-    pre = pc.asgo(beta1=0.9)
+    pre = _asgo(betas=(0.9, None))
     with pytest.raises(ValueError, match=r"x: expected a 1-D or 2-D array.*ndim=3"):
         pre.init(np.zeros((2, 3, 4)))
     with pytest.raises(TypeError, match="x"):

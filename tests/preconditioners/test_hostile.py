@@ -146,7 +146,7 @@ def test_bad_hyperparameters_name_the_argument(name, arg, value):
         ("sketched_adagrad", "betas", (0.9, 1.0)), ("sketched_adagrad", "factor_dtype", "int8"),
         ("full_matrix_adagrad", "max_dim", 0), ("full_matrix_adagrad", "factor_dtype", 3),
         ("adam", "betas", (1.5, 0.9)), ("adam", "betas", 0.9), ("adadiag", "update_freq", 0),
-        ("asgo", "side", "top"), ("asgo", "beta1", -0.1),
+        ("asgo", "side", "top"), ("asgo", "betas", (-0.1, None)),
     ],
 )
 def test_bad_method_arguments_name_the_argument(name, arg, value):

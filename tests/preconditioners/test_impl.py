@@ -151,7 +151,7 @@ def test_fused_equals_reference_on_larger_streams(rng, kind, direction):
         assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), t
         assert (x.t, x.truncated) == (y.t, y.truncated)
         assert x.sumsq == pytest.approx(y.sumsq, rel=1e-12)
-        assert x.last_rho == pytest.approx(y.last_rho, rel=1e-9)
+        assert x.last_ratio == pytest.approx(y.last_ratio, rel=1e-9)
         if x.truncated:
             Mx, My = x.U @ x.S @ x.V.T, y.U @ y.S @ y.V.T
             assert np.linalg.norm(Mx - My) <= 1e-9 * np.linalg.norm(My), t
