@@ -44,7 +44,7 @@ CASES = {
     "sketched-momentum": (SketchedAdaGrad, {"lr": 0.05, "rank": 3, "betas": (0.9, 0.0)}),
     "adadiag": (AdaDiag, {"lr": 0.02, "update_freq": 4}),
     "adadiag++": (AdaDiag, {"lr": 0.02, "update_freq": 4, "two_sided": True}),
-    "asgo-momentum": (ASGO, {"lr": 0.05, "beta1": 0.5, "update_freq": 3}),
+    "asgo-momentum": (ASGO, {"lr": 0.05, "betas": (0.5, None), "update_freq": 3}),
     "full-matrix": (FullMatrixAdaGrad, {"lr": 0.05, "weight_decay": 0.01}),
     "adagrad": (AdaGrad, {"lr": 0.05}),
     "adam": (Adam, {"lr": 0.02, "weight_decay": 0.1}),

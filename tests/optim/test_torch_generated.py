@@ -124,7 +124,7 @@ def test_state_records_its_type_and_how_many_parameters_it_spans():
     opt = AdaGram([W, b], lr=0.1, rank=2, per_parameter=True)
     opt.step()
     assert {opt.state[p]["spans"] for p in (W, b)} == {1}
-    opt = ASGO([W, b], beta1=0.5)
+    opt = ASGO([W, b], betas=(0.5, None))
     opt.step()
     assert opt.state[W]["state_type"] == "ASGOMomentumState"
     # the state dict carries both entries through torch.save / weights_only loading
