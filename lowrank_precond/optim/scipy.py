@@ -36,6 +36,13 @@ from lowrank_precond.backends import (
     check_positive,
 )
 from lowrank_precond.preconditioners.base import Preconditioner
+from lowrank_precond.preconditioners.compose import (
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_by,
+    scale_by_learning_rate,
+)
 from lowrank_precond.preconditioners.defaults import DEFAULT_LR, DEFAULT_METHOD
 
 __all__ = [
@@ -410,17 +417,21 @@ def minimize(
     _check_grad(g, x)
     if not (math.isfinite(f) and all_finite(g)):
         return result(x, f, g, 0, 3, "fun(x0) returned a non-finite loss or gradient.")
-    state = pre.init(x)
+    # the step: x <- x - lr (p + wd x), the same chain of transforms for every method
+    step = chain(scale_by(pre), add_decayed_weights(wd), scale_by_learning_rate(lr))
+    state = step.init(x)
     nit = 0
     while True:
         if gtol > 0 and _max_abs(g) <= gtol:
             return result(x, f, g, nit, 0, f"Converged: max|g| <= gtol = {gtol:g}.")
         if nit >= maxiter:
             return result(x, f, g, nit, 1, "Maximum number of iterations reached (maxiter).")
-        direction, state = pre.update(g, state)
+        try:
+            updates, state = step.update(g, state, x)
+        except FloatingPointError as exc:  # the preconditioner refused an overflowing step
+            return result(x, f, g, nit, 3, f"Step {nit + 1} was refused: {exc}.")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below
-            step = direction if wd == 0.0 else direction + wd * x
-            x_new = x - lr * step
+            x_new = apply_updates(x, updates)
         if not all_finite(x_new):
             message = (
                 f"Step {nit + 1} produced a non-finite iterate; returning the last finite one."

@@ -557,3 +557,17 @@ def test_glm_optimum_matches_scikit_learn(name):
     assert res.x.shape == fun.shape
     w = _canonical(res.x)
     assert np.linalg.norm(w - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+def test_a_refused_overflowing_step_ends_with_status_3_not_an_exception():
+    """A finite gradient whose square overflows is refused by the preconditioner; minimize
+    reports it (status 3, the last finite iterate) instead of raising."""
+    x0 = np.array([1.0, 2.0])
+
+    def fun(x):
+        return float(np.sum(x**2)), np.full(2, 1e300)
+
+    res = lp.minimize(fun, x0, method="adagrad", options={"lr": 0.1})
+    assert res.status == 3 and not res.success and "refused" in res.message
+    np.testing.assert_array_equal(res.x, x0)
+    assert res.x is not x0
