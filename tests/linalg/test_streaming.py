@@ -186,20 +186,56 @@ def test_refresh_removes_drift_without_extra_pass(rng):
     # beyond DRIFT_LIMIT the streamed path declines
     bad = LowRank(U * 1.01, S, V)
     assert ksl_adagram_step(bad, g, eps, refresh=True) is None
+    assert try_ksl_adagram_step(bad, g, eps, refresh=True).code == "drift"
 
 
 def test_declines_where_the_general_path_must_decide(rng):
+    """Each decline says why (a code and a reason); the old entry point gives None."""
     d, r = 40, 3
     U, S, V = random_state(rng, d, r)
     M = LowRank(U, S, V)
-    assert ksl_adagram_step(M, np.zeros(d), 0.1) is None  # gbar = 0: a skipped step
     g = rng.standard_normal(d)
     g[3] = np.nan
-    assert ksl_adagram_step(M, g, 0.1) is None  # non-finite: the general path raises
-    assert ksl_adagram_step(M, np.full(d, 1e160), 1e-8) is None  # |gbar|^2 overflows
-    assert ksl_adagram_step(M, np.full(d, 1e-170), 1.0) is None  # |gbar|^2 underflows
     Ms = LowRank(U[:7], S, V[:7])  # d < 2 r + 2
-    assert ksl_adagram_step(Ms, rng.standard_normal(7), 0.1) is None
+    cases = [
+        (M, np.zeros(d), 0.1, "gradient"),  # gbar = 0: a skipped step
+        (M, g, 0.1, "gradient"),  # non-finite: the general path raises
+        (M, np.full(d, 1e160), 1e-8, "gradient"),  # |gbar|^2 overflows
+        (M, np.full(d, 1e-170), 1.0, "gradient"),  # |gbar|^2 underflows
+        (Ms, rng.standard_normal(7), 0.1, "size"),
+    ]
+    for lowrank, grad, eps, code in cases:
+        out = try_ksl_adagram_step(lowrank, grad, eps)
+        assert isinstance(out, Declined) and out.code == code and out.reason
+        assert ksl_adagram_step(lowrank, grad, eps) is None
+    assert "2 rank + 2 = 8" in try_ksl_adagram_step(Ms, rng.standard_normal(7), 0.1).reason
+
+
+def test_refresh_step_needing_reorthogonalisation_declines(rng):
+    """A refresh step whose gbar lies nearly in span U: left to the general path, said so."""
+    d, r = 50, 3
+    U = orth(rng.standard_normal((d, r)))
+    M = LowRank(U, np.diag([1.0, 0.8, 0.6]), U.copy())
+    g = U @ rng.standard_normal(r)
+    out = try_ksl_adagram_step(M, g, 0.1, refresh=True)
+    assert isinstance(out, Declined) and out.code == "geometry"
+    assert not isinstance(try_ksl_adagram_step(M, g, 0.1), Declined)  # without the refresh
+
+
+def test_static_query_before_any_step():
+    """ksl_adagram_available answers what does not depend on the gradient."""
+    x = np.zeros(3)
+    assert ksl_adagram_available(x, 100, 5) == (True, "")
+    assert ksl_adagram_available(x, 12, 5) == (True, "")
+    ok, why = ksl_adagram_available(x, 11, 5)
+    assert not ok and "2 rank + 2 = 12" in why
+    ok, why = ksl_adagram_available(x, 100, 5, dtype=np.float32, direction="symmetric")
+    assert not ok and "float64" in why
+    assert ksl_adagram_available(x, 100, 5, dtype=np.float32) == (True, "")
+    ok, why = ksl_adagram_available(x, 100, 5, dtype=np.float16)
+    assert not ok and "float16" in why
+    ok, why = ksl_adagram_available(x, 100, 5, direction="newton")
+    assert not ok and "newton" in why
 
 
 @pytest.mark.usefixtures("small_blocks")
@@ -292,9 +328,12 @@ def test_symmetric_declines_in_the_gray_zone(rng):
     g = rng.standard_normal(d)
     gray = LowRank(U, S, near_subspace(rng, U, 3e-7))
     assert ksl_adagram_step(gray, g, 0.1, direction="symmetric") is None
+    assert try_ksl_adagram_step(gray, g, 0.1, direction="symmetric").code == "geometry"
     assert ksl_adagram_step(gray, g, 0.1) is not None  # the published direction is unaffected
     f32 = LowRank(U.astype(np.float32), S.astype(np.float32), U.astype(np.float32))
     assert ksl_adagram_step(f32, g.astype(np.float32), 0.1, direction="symmetric") is None
+    out = try_ksl_adagram_step(f32, g.astype(np.float32), 0.1, direction="symmetric")
+    assert out.code == "dtype" and "float64" in out.reason
     with pytest.raises(ValueError, match="direction"):
         ksl_adagram_step(gray, g, 0.1, direction="newton")
 
@@ -340,3 +379,29 @@ def test_torch_cpu_runs_the_numpy_kernels_bit_for_bit(rng, direction):
         ):
             assert np.array_equal(x, y.numpy())
         Mn, Mt = a.lowrank, b.lowrank
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_torch_gradient_without_a_numpy_view_is_cast_first(rng, dtype):
+    """A half-precision torch gradient (bfloat16 has no NumPy dtype) is cast to the factors'
+    dtype as a whole: the same bits as NumPy with the gradient cast the same way."""
+    torch = pytest.importorskip("torch")
+    d, r, eps = 60, 3, 0.1
+    U, S, V = random_state(rng, d, r)
+    gt = torch.from_numpy(rng.standard_normal(d)).to(getattr(torch, dtype))
+    Mt = LowRank(torch.from_numpy(U), torch.from_numpy(S), torch.from_numpy(V))
+    b = try_ksl_adagram_step(Mt, gt, eps)
+    a = try_ksl_adagram_step(LowRank(U, S, V), gt.to(torch.float64).numpy(), eps)
+    assert isinstance(b.direction, torch.Tensor) and b.direction.dtype == torch.float64
+    assert np.array_equal(a.direction, b.direction.numpy())
+    assert np.array_equal(a.lowrank.U, b.lowrank.U.numpy())
+
+
+def test_torch_factors_without_a_numpy_view_decline(rng):
+    torch = pytest.importorskip("torch")
+    d, r = 40, 3
+    U, S, V = random_state(rng, d, r)
+    neg = torch.from_numpy(-U)._neg_view()  # the values of U, stored negated
+    M = LowRank(neg, torch.from_numpy(S), torch.from_numpy(V))
+    out = try_ksl_adagram_step(M, torch.from_numpy(rng.standard_normal(d)), 0.1)
+    assert isinstance(out, Declined) and out.code == "view"

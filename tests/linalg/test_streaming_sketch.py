@@ -1,19 +1,21 @@
 """The streamed Frequent-Directions step (linalg.streaming_sketch) against the general path."""
 
-import importlib
-
 import numpy as np
 import pytest
 
 from lowrank_precond import preconditioners as pc
+from lowrank_precond.backends.fused import Declined
 from lowrank_precond.linalg import (
     GramSketch,
     gram_sketch_update,
     sketch_inverse_sqrt_apply,
 )
-from lowrank_precond.linalg.streaming_sketch import SKETCH_REFRESH_EVERY, fd_sketch_step
-
-sketched_module = importlib.import_module("lowrank_precond.preconditioners.sketched")
+from lowrank_precond.linalg.streaming_sketch import (
+    SKETCH_REFRESH_EVERY,
+    fd_sketch_available,
+    fd_sketch_step,
+    try_fd_sketch_step,
+)
 
 
 def rel(a, b):
@@ -79,10 +81,35 @@ def test_equals_general_path_with_scales(rng):
 
 
 def test_declines_where_the_general_path_decides(rng):
+    """Each decline says why (a code and a reason); the old entry point gives None."""
     sk = random_sketch(rng, 20, 3)
-    assert fd_sketch_step(sk, np.zeros(20), 0.1) is None  # zero gradient
-    assert fd_sketch_step(sk, np.full(20, 1e300), 0.1) is None  # |g|^2 overflows
-    assert fd_sketch_step(GramSketch.empty(20, like=np.zeros(1)), np.ones(20), 0.1) is None
+    cases = [
+        (sk, np.zeros(20), "gradient"),  # zero gradient
+        (sk, np.full(20, 1e300), "gradient"),  # |g|^2 overflows
+        (GramSketch.empty(20, like=np.zeros(1)), np.ones(20), "size"),  # an empty sketch
+        (random_sketch(rng, 4, 3), np.ones(4), "size"),  # d < k + 2
+    ]
+    for sketch, g, code in cases:
+        out = try_fd_sketch_step(sketch, g, 0.1)
+        assert isinstance(out, Declined) and out.code == code and out.reason
+        assert fd_sketch_step(sketch, g, 0.1) is None
+
+
+def test_static_query_before_any_step():
+    assert fd_sketch_available(np.zeros(1), 7, 5) == (True, "")
+    ok, why = fd_sketch_available(np.zeros(1), 6, 5)
+    assert not ok and "rank + 2 = 7" in why
+    ok, why = fd_sketch_available(np.zeros(1), 100, 5, dtype=np.float16)
+    assert not ok and "float16" in why
+
+
+def test_backends_without_kernels_decline(rng):
+    xps = pytest.importorskip("array_api_strict")
+    sk = random_sketch(rng, 20, 3)
+    skx = GramSketch(xps.asarray(sk.U), xps.asarray(sk.sig2), xps.asarray(float(sk.rho)))
+    out = try_fd_sketch_step(skx, xps.asarray(rng.standard_normal(20)), 0.1)
+    assert isinstance(out, Declined) and out.code == "backend"
+    assert not fd_sketch_available(skx.U, 20, 3)[0]
 
 
 @pytest.mark.usefixtures("small_blocks")
@@ -98,15 +125,21 @@ def test_refresh_repairs_drift(rng):
     assert err(fixed.sketch.U) < 1e-14
 
 
-def _run(run_streamed, grads, streamed, **kw):
-    return run_streamed(
-        sketched_module, "fd_sketch_step", pc.sketched_adagrad, grads, streamed, **kw
-    )
+def _run(grads, impl, **kw):
+    """Directions (as NumPy copies) and states of ``sketched_adagrad(impl=impl, **kw)``."""
+    pre = pc.sketched_adagrad(impl=impl, **kw)
+    state = pre.init(grads[0])
+    ps, states = [], []
+    for g in grads:
+        p, state = pre.update(g, state)
+        ps.append(np.array(p))
+        states.append(state)
+    return ps, states
 
 
 @pytest.mark.parametrize("stream", ["random", "repeated", "zeros"])
 @pytest.mark.parametrize("kw", [{}, {"shrink": False}, {"betas": (0.0, 0.9)}])
-def test_sketched_adagrad_streamed_equals_general(run_streamed, rng, stream, kw):
+def test_sketched_adagrad_fused_equals_reference(rng, stream, kw):
     d, r = 40, 4
     base = [rng.standard_normal(d) for _ in range(6)]
     n = SKETCH_REFRESH_EVERY + 20  # crosses a refresh step
@@ -118,9 +151,11 @@ def test_sketched_adagrad_streamed_equals_general(run_streamed, rng, stream, kw)
             grads.append(base[i % 6].copy())
         else:
             grads.append(np.zeros(d) if i % 5 == 4 else rng.standard_normal(d))
-    ps1, st1, calls = _run(run_streamed, grads, True, rank=r, eps=1e-3, **kw)
-    ps0, st0, _ = _run(run_streamed, grads, False, rank=r, eps=1e-3, **kw)
-    assert sum(calls) >= n - r - n // 5 - 1  # the streamed path took the full-sketch steps
+    ps1, st1 = _run(grads, "auto", rank=r, eps=1e-3, **kw)
+    ps0, st0 = _run(grads, "reference", rank=r, eps=1e-3, **kw)
+    fused = sum(st.last_impl == "fused" for st in st1)
+    assert fused >= n - r - n // 5 - 1  # the fused step took the full-sketch steps
+    assert all(st.last_impl.startswith("reference") for st in st0)
     for a, b in zip(ps1, ps0, strict=True):
         assert rel(a, b) < 1e-9
     for a, b in zip(st1, st0, strict=True):
