@@ -65,3 +65,16 @@ def test_float32_factor_is_an_explicit_choice(name):
     assert all(
         v.dtype == np.float64 for v in vars(default).values() if hasattr(v, "dtype") and v.size
     )
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("scale", [1e10, 1e20, 1e100])
+def test_symmetric_direction_keeps_its_exact_length_for_huge_gradients(impl, scale):
+    """|G^{-1/2} g| = nu / s < 1 [A06]; through the singular values of I - M its length
+    erred by u sqrt(lambda_max / eps) (|p| = 1e10 at |g| ~ 1e21, float64)."""
+    rng = np.random.default_rng(0)
+    pre = pc.adagram(impl=impl)
+    state = pre.init(np.zeros(50))
+    for _ in range(12):
+        p, state = pre.update(scale * rng.standard_normal(50), state)
+        assert float(np.linalg.norm(p)) <= 1.0 + 1e-12
