@@ -12,6 +12,8 @@ be cross-checked::
 
 Each value is called as ``integrator(lowrank, x, y, rank) -> LowRank`` where ``rank`` is the
 method's rank budget (used by the truncation and as the rank-adaptive BUG's default cap).
+A caller that has validated its arrays already passes their namespace, ``xp=...``, and gets
+the unchecked kernel (:mod:`lowrank_precond.linalg._unchecked`).
 :func:`as_integrator` turns a name (``"projector_splitting"``, ...) into its default value.
 
 Examples
@@ -38,6 +40,9 @@ from typing import Any
 
 from lowrank_precond.backends import check_in, check_int, check_positive
 from lowrank_precond.linalg.integrators import (
+    _basis_update_galerkin,
+    _projector_splitting,
+    _truncated_svd,
     basis_update_galerkin,
     projector_splitting,
     truncated_svd,
@@ -61,7 +66,9 @@ class TruncatedSVD:
 
     name = "truncated_svd"
 
-    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
+    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int, xp: Any = None) -> LowRank:
+        if xp is not None:
+            return _truncated_svd(xp, lowrank, x, y, rank)
         return truncated_svd(lowrank, x, y, rank)
 
 
@@ -76,7 +83,9 @@ class ProjectorSplitting:
     def __post_init__(self) -> None:
         check_in("order", check_int("order", self.order), (1, 2))
 
-    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
+    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int, xp: Any = None) -> LowRank:
+        if xp is not None:
+            return _projector_splitting(xp, lowrank, x, y, order=self.order)
         return projector_splitting(lowrank, x, y, order=self.order)
 
 
@@ -98,13 +107,12 @@ class BasisUpdateGalerkin:
         if self.max_rank is not None:
             check_int("max_rank", self.max_rank, minimum=1)
 
-    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int) -> LowRank:
-        if self.tol > 0.0:
-            cap = rank if self.max_rank is None else min(self.max_rank, rank)
-            return basis_update_galerkin(
-                lowrank, x, y, rank_adaptive=True, tol=self.tol, max_rank=cap
-            )
-        return basis_update_galerkin(lowrank, x, y)
+    def __call__(self, lowrank: LowRank, x: Any, y: Any, rank: int, xp: Any = None) -> LowRank:
+        cap = rank if self.max_rank is None else min(self.max_rank, rank)
+        options = {"rank_adaptive": True, "tol": self.tol, "max_rank": cap} if self.tol else {}
+        if xp is not None:
+            return _basis_update_galerkin(xp, lowrank, x, y, **options)
+        return basis_update_galerkin(lowrank, x, y, **options)
 
 
 Integrator = TruncatedSVD | ProjectorSplitting | BasisUpdateGalerkin

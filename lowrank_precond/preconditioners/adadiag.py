@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, device_of
-from lowrank_precond.linalg import svd_basis
+from lowrank_precond.linalg._unchecked import _svd_basis
 from lowrank_precond.preconditioners._common import (
     adam_ratio,
     check_betas,
@@ -241,7 +241,7 @@ def adadiag(
         if two_sided:
             Q = state.Q
             if is_refresh_step(state.t, update_freq):
-                P, sig, Q = svd_basis(G, full=True, align_to=(P, Q))
+                P, sig, Q = _svd_basis(xp, G, full=True, align_to=(P, Q))
                 # P^T G Q = [diag(sig), 0] exactly: use it, not the product, whose
                 # structurally-zero entries would carry rounding noise ~u|G| that N
                 # amplifies to ~u|G|/eps (docs/theory.rst#theory-adadiag, pitfall (iii)).
@@ -253,7 +253,7 @@ def adadiag(
                 Gt = (P.T @ G) @ Q
         else:
             if is_refresh_step(state.t, update_freq):
-                P, _, _ = svd_basis(G, full=False, align_to=P)
+                P, _, _ = _svd_basis(xp, G, full=False, align_to=P)
             Gt = P.T @ G
         t = state.t + 1
         M = ema(state.M, Gt, b1)

@@ -24,21 +24,21 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
-from lowrank_precond.linalg.factorization import (
-    inverse_factor_update,
-    newton_direction,
-    published_direction,
-    rank_one_increment,
-    symmetric_direction,
+from lowrank_precond.linalg._unchecked import (
+    _factored,
+    _inverse_factor_update,
+    _lowrank,
+    _newton_direction,
+    _published_direction,
+    _rank_one_increment,
+    _recompress,
+    _symmetric_direction,
 )
 from lowrank_precond.linalg.integrator_types import (
     INTEGRATOR_NAMES,
     BasisUpdateGalerkin,
     ProjectorSplitting,
     TruncatedSVD,
-)
-from lowrank_precond.linalg.integrators import (
-    recompress,
 )
 from lowrank_precond.linalg.lowrank import Factored, LowRank
 from lowrank_precond.linalg.streaming import (
@@ -207,10 +207,10 @@ def _resolve_integrator(integrator: Any, order: int, tol: float) -> Any:
     return TruncatedSVD()
 
 
-def _make_integrator(integrator: Any, rank: int) -> Integrator:
-    """``f(lowrank, x, y) -> LowRank`` at the rank budget ``rank``."""
+def _make_integrator(integrator: Any, rank: int, xp: Any) -> Integrator:
+    """``f(lowrank, x, y) -> LowRank`` at the rank budget ``rank`` (a value runs unchecked)."""
     if isinstance(integrator, INTEGRATOR_TYPES):
-        return lambda low, x, y: integrator(low, x, y, rank)
+        return lambda low, x, y: integrator(low, x, y, rank, xp=xp)
     return integrator
 
 
@@ -223,17 +223,19 @@ class _Updated:
     ``info is None`` marks a skipped step (``gbar = 0``): then ``M^+ = M_old``.
     """
 
-    def __init__(self, old: Factored | LowRank, info: Any, plus: Factored | None = None):
-        self.old, self.info, self._plus = old, info, plus
+    def __init__(
+        self, xp: Any, old: Factored | LowRank, info: Any, plus: Factored | None = None
+    ):
+        self.xp, self.old, self.info, self._plus = xp, old, info, plus
 
     def matrix(self) -> Factored | LowRank:
         if self.info is None:
             return self.old
         if self._plus is None:
-            xp = array_namespace(self.info.x)
+            xp = self.xp
             old = self.old
             x, y = xp.reshape(self.info.x, (-1, 1)), xp.reshape(self.info.y, (-1, 1))
-            self._plus = Factored(
+            self._plus = _factored(
                 xp.concat([old.U @ old.S, x], axis=1), xp.concat([old.V, y], axis=1)
             )
         return self._plus
@@ -242,8 +244,7 @@ class _Updated:
         """``(M^+)^T v = M_old^T v + y (x . v)``."""
         if self.info is None:
             return self.old.rmatvec(v)
-        xp = array_namespace(v)
-        return self.old.rmatvec(v) + self.info.y * xp.vecdot(self.info.x, v)
+        return self.old.rmatvec(v) + self.info.y * self.xp.vecdot(self.info.x, v)
 
 
 def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
@@ -270,7 +271,7 @@ def _fused(
     the :class:`~lowrank_precond.backends.fused.Declined` of a step it leaves to the reference
     path. ``g`` may still be in the parameter's dtype.
     """
-    old = LowRank(state.U, state.S, state.V)
+    old = _lowrank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
     res = try_ksl_adagram_step(
         old, g, eps, refresh=refresh, direction=direction, workspace=workspace
@@ -289,38 +290,37 @@ def _fused(
 
 
 def _advance(
-    state: AdaGramState, g: Any, *, rank: int | None, integrate: Integrator, eps: float
+    xp: Any, state: AdaGramState, g: Any, *, rank: int | None, integrate: Integrator, eps: float
 ) -> tuple[_Updated, dict[str, Any] | None]:
-    """One factor step on the flat gradient ``g`` (factor dtype).
+    """One factor step on the flat gradient ``g`` (factor dtype, namespace ``xp``).
 
     Returns ``(updated, fields)``: ``updated`` is ``M^+`` (what the directions use) and
     ``fields`` the new state's factor fields and counters, or ``None`` when ``gbar = 0`` (the
     state must then be returned unchanged).
     """
-    xp = array_namespace(g)
     d = int(g.shape[0])
     if state.truncated:
-        old = LowRank(state.U, state.S, state.V)
-        info = rank_one_increment(old, g, eps)
+        old = _lowrank(state.U, state.S, state.V)
+        info = _rank_one_increment(xp, old, g, eps)
         if info.skipped:
-            return _Updated(old, None), None
+            return _Updated(xp, old, None), None
         new = integrate(old, info.x, info.y)
         plus = None
         factors = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
     else:
-        old = Factored(state.P, state.Q)
-        plus, info = inverse_factor_update(old, g, eps)
+        old = _factored(state.P, state.Q)
+        plus, info = _inverse_factor_update(xp, old, g, eps)
         if info.skipped:
-            return _Updated(old, None), None
+            return _Updated(xp, old, None), None
         if rank is None or old.rank < rank:  # exact growth (warm-up, or rank=None)
             factors = {"P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V}
         else:  # this step would make k = rank + 1: recompress, then integrate (docs/theory.rst#theory-integrators-warmup)
-            new = integrate(recompress(old, rank), info.x, info.y)
+            new = integrate(_recompress(xp, old, rank), info.x, info.y)
             factors = _empty_factors(xp, d, g.dtype, device_of(g))
             factors.update(U=new.U, S=new.S, V=new.V)
     fields = dict(factors)
     fields.update(_counters(state, safe_norm(g), info.nu, eps))  # g != 0, since gbar != 0
-    return _Updated(old, info, plus), fields
+    return _Updated(xp, old, info, plus), fields
 
 
 def _direction(updated: _Updated, v: Any, kind: str, eps: float, *, v_is_g: bool) -> Any:
@@ -330,20 +330,19 @@ def _direction(updated: _Updated, v: Any, kind: str, eps: float, *, v_is_g: bool
     ``newton``: ``G^{-1} v = L^{-T} L^{-1} v``. When ``v`` is the step's own gradient the
     published direction is ``gbar / s`` [A05] and newton is ``L^{-T}`` of it, one ``rmatvec``.
     """
-    info = updated.info
+    info, xp = updated.info, updated.xp
     if kind == "symmetric":
-        return symmetric_direction(updated.matrix(), v, eps)
+        return _symmetric_direction(xp, updated.matrix(), v, eps)
     if v_is_g and info is None:  # gbar = 0: both cheap directions vanish
-        xp = array_namespace(v)
         return xp.zeros_like(v)
     if kind == "published":
         if v_is_g:
             return info.published
-        return published_direction(updated.matrix(), v, eps)
+        return _published_direction(xp, updated.matrix(), v, eps)
     if v_is_g:
         p = info.published
         return (p - updated.rmatvec(p)) / math.sqrt(eps)
-    return newton_direction(updated.matrix(), v, eps)
+    return _newton_direction(xp, updated.matrix(), v, eps)
 
 
 def _with_norm(p: Any, norm: float) -> Any:
@@ -468,8 +467,9 @@ class _Curvature:
         d = int(g.shape[0])
         # the state's own d bounds the rank: with d <= rank, rank d is exact
         rank = None if self.rank is None else min(self.rank, d)
-        integrate = _make_integrator(self.integrator, rank or d)
-        updated, fields = _advance(state, g, rank=rank, integrate=integrate, eps=self.eps)
+        xp = array_namespace(g)
+        integrate = _make_integrator(self.integrator, rank or d, xp)
+        updated, fields = _advance(xp, state, g, rank=rank, integrate=integrate, eps=self.eps)
         if fields is not None:
             fields["last_impl"] = impl
         return fields, _View(updated, g, self.direction, self.eps)

@@ -11,8 +11,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_precond.backends import check_in, device_of
-from lowrank_precond.linalg import inverse_root
+from lowrank_precond.backends import array_namespace, check_in, device_of
+from lowrank_precond.linalg._unchecked import _inverse_root
 from lowrank_precond.preconditioners._common import (
     check_beta,
     check_eps,
@@ -229,6 +229,7 @@ def asgo(
         return ASGOState(t=0, V=V, R=R, **shape)
 
     def update(grad: Any, state: Any) -> tuple[Any, Any]:
+        xp = array_namespace(grad)
         m = int(state.V.shape[0])
         check_grad_shape(grad, state.param_shape)
         lay = layout_of(tuple(grad.shape)) if grad.ndim in (1, 2) else None
@@ -241,7 +242,7 @@ def asgo(
         GGt = G @ G.T
         V = state.V + GGt if beta2 is None else ema(state.V, GGt, beta2)
         check_statistic("V", V)
-        R = inverse_root(V, eps) if is_refresh_step(state.t, update_freq) else state.R
+        R = _inverse_root(xp, V, eps) if is_refresh_step(state.t, update_freq) else state.R
         t = state.t + 1
         if momentum:
             B = ema(state.B, G, beta1)

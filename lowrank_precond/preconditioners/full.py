@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowrank_precond.backends import array_namespace, check_int, device_of
-from lowrank_precond.linalg import inverse_root
+from lowrank_precond.linalg._unchecked import _inverse_root
 from lowrank_precond.preconditioners._common import (
     as_direction,
     check_eps,
@@ -132,7 +132,7 @@ def full_matrix_adagrad(
             g = xp.astype(g, state.G.dtype)
         G = state.G + xp.reshape(g, (d, 1)) * xp.reshape(g, (1, d))
         check_statistic("G", G)
-        direction = inverse_root(G, eps) @ g
+        direction = _inverse_root(xp, G, eps) @ g
         return as_direction(direction, grad), FullMatrixAdaGradState(t=state.t + 1, G=G)
 
     return make_preconditioner(

@@ -17,12 +17,13 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
-from lowrank_precond.linalg.integrator_types import as_integrator
-from lowrank_precond.linalg.sketch import (
-    GramSketch,
-    gram_sketch_update,
-    sketch_inverse_sqrt_apply,
+from lowrank_precond.linalg._unchecked import (
+    _gram_sketch,
+    _gram_sketch_update,
+    _sketch_inverse_sqrt_apply,
 )
+from lowrank_precond.linalg.integrator_types import as_integrator
+from lowrank_precond.linalg.sketch import GramSketch
 from lowrank_precond.linalg.streaming_sketch import (
     SKETCH_REFRESH_EVERY,
     fd_sketch_available,
@@ -131,8 +132,8 @@ def _integrator_name(integrator: Any) -> str:
 class _View:
     """:class:`~lowrank_precond.preconditioners.compose.CurvatureView` of one sketch step."""
 
-    def __init__(self, applied: GramSketch | None, g: Any, eps: float, own: Any = None):
-        self.applied, self.g, self.eps, self._own = applied, g, eps, own
+    def __init__(self, xp: Any, applied: GramSketch | None, g: Any, eps: float, own: Any = None):
+        self.xp, self.applied, self.g, self.eps, self._own = xp, applied, g, eps, own
 
     def own(self) -> Any:
         if self._own is None:
@@ -140,7 +141,7 @@ class _View:
         return self._own
 
     def apply(self, v: Any) -> Any:
-        return sketch_inverse_sqrt_apply(self.applied, v, self.eps)
+        return _sketch_inverse_sqrt_apply(self.xp, self.applied, v, self.eps)
 
 
 class _Curvature:
@@ -192,9 +193,10 @@ class _Curvature:
         b2, t = self.b2, state.t + 1
         g = self.flat(grad, state)
         d = int(g.shape[0])
-        sketch = state.sketch
+        xp = array_namespace(g)
+        sketch = _gram_sketch(state.U, state.sig2, state.rho)
         if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
-            sketch = GramSketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
+            sketch = _gram_sketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
         scale = bias_correction(b2, t) if b2 > 0.0 else 1.0
         impl = "reference"
         if self.fused and own and fd_sketch_available(g, d, min(self.rank, d))[0]:
@@ -211,17 +213,19 @@ class _Curvature:
                     check_statistic("sig2", new.sig2)
                     check_statistic("rho", new.rho)
                     fields = {"t": t, "U": new.U, "sig2": new.sig2, "rho": new.rho}
-                    return {**fields, "last_impl": "fused"}, _View(None, g, self.eps, res.direction)
+                    return {**fields, "last_impl": "fused"}, _View(xp, None, g, self.eps, res.direction)
                 impl = f"reference: the fused step declined ({res.code}: {res.reason})"
-        fed = gram_sketch_update(sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
-                                 min(self.rank, d), shrink=self.shrink, integrator=self.integrator)
+        fed = _gram_sketch_update(
+            xp, sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g, min(self.rank, d),
+            shrink=self.shrink, integrator=self.integrator,
+        )
         if fed is sketch and b2 == 0.0:  # g = 0 and no EMA: no sketch step
-            return None, _View(state.sketch, g, self.eps)
+            return None, _View(xp, sketch, g, self.eps)
         check_statistic("sig2", fed.sig2)
         check_statistic("rho", fed.rho)
-        applied = fed if scale == 1.0 else GramSketch(fed.U, fed.sig2 / scale, fed.rho / scale)
+        applied = fed if scale == 1.0 else _gram_sketch(fed.U, fed.sig2 / scale, fed.rho / scale)
         fields = {"t": t, "U": fed.U, "sig2": fed.sig2, "rho": fed.rho, "last_impl": impl}
-        return fields, _View(applied, g, self.eps)
+        return fields, _View(xp, applied, g, self.eps)
 
 
 def sketched_adagrad(
