@@ -21,6 +21,9 @@ import importlib.util
 import inspect
 import io
 import re
+import sys
+import textwrap
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -352,6 +355,21 @@ def test_getting_started_example_runs(code: str) -> None:
     with contextlib.redirect_stdout(io.StringIO()) as out:
         exec(compile(code, "getting_started.rst", "exec"), {"__name__": "__docs__"})
     assert out.getvalue().strip(), "each example prints its result"
+
+
+ARCHITECTURE = python_blocks(DOCS / "architecture.rst")
+
+
+def test_architecture_worked_example_runs() -> None:
+    """The worked example of adding a preconditioner runs as written (it asserts its results)."""
+    assert ARCHITECTURE, "docs/architecture.rst has no python example"
+    module = types.ModuleType("architecture_example")  # dataclasses look their module up
+    sys.modules[module.__name__] = module
+    try:
+        for _, code in ARCHITECTURE:
+            exec(compile(textwrap.dedent(code), "architecture.rst", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
 
 
 # --------------------------------------------------------------------------- numpydoc

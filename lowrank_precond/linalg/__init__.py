@@ -32,6 +32,13 @@ from lowrank_precond.linalg.integrators import (
     recompress,
     truncated_svd,
 )
+from lowrank_precond.linalg.integrator_types import (
+    INTEGRATOR_NAMES,
+    BasisUpdateGalerkin,
+    ProjectorSplitting,
+    TruncatedSVD,
+    as_integrator,
+)
 from lowrank_precond.linalg.kernels import orthonormalize, qr_tall
 from lowrank_precond.linalg.lowrank import Factored, LowRank
 from lowrank_precond.linalg.sketch import (
@@ -41,6 +48,11 @@ from lowrank_precond.linalg.sketch import (
 )
 
 __all__ = [
+    "INTEGRATOR_NAMES",
+    "BasisUpdateGalerkin",
+    "ProjectorSplitting",
+    "TruncatedSVD",
+    "as_integrator",
     "Factored",
     "GramSketch",
     "IncrementInfo",

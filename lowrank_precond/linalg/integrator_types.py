@@ -62,7 +62,16 @@ __all__ = [
 @dataclass(frozen=True)
 class TruncatedSVD:
     """The best rank-``rank`` approximation of ``M + x y^T``
-    (:func:`~lowrank_precond.linalg.truncated_svd`)."""
+    (:func:`~lowrank_precond.linalg.truncated_svd`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond.linalg import LowRank, TruncatedSVD
+    >>> M = LowRank(np.eye(4)[:, :1], np.eye(1), np.eye(4)[:, :1])
+    >>> TruncatedSVD()(M, np.eye(4)[1], np.eye(4)[1], rank=1).rank
+    1
+    """
 
     name = "truncated_svd"
 
@@ -75,7 +84,15 @@ class TruncatedSVD:
 @dataclass(frozen=True)
 class ProjectorSplitting:
     """KSL projector splitting (:func:`~lowrank_precond.linalg.projector_splitting`): keeps
-    the rank; ``order`` 1 is Lie--Trotter, 2 is Strang."""
+    the rank; ``order`` 1 is Lie--Trotter, 2 is Strang.
+
+    Examples
+    --------
+    >>> from lowrank_precond import preconditioners as pc
+    >>> from lowrank_precond.linalg import ProjectorSplitting
+    >>> pc.adagram(rank=5, integrator=ProjectorSplitting(order=2)).hyperparams["integrator"]
+    ProjectorSplitting(order=2)
+    """
 
     order: int = 1
     name = "projector_splitting"
@@ -96,6 +113,14 @@ class BasisUpdateGalerkin:
 
     ``tol > 0`` makes it rank-adaptive: it keeps the smallest rank ``<= max_rank`` (default:
     the method's rank) whose discarded singular values have norm ``<= tol``.
+
+    Examples
+    --------
+    >>> from lowrank_precond import preconditioners as pc
+    >>> from lowrank_precond.linalg import BasisUpdateGalerkin
+    >>> pre = pc.adagram(rank=8, integrator=BasisUpdateGalerkin(tol=1e-6, max_rank=4))
+    >>> pre.hyperparams["integrator"].max_rank
+    4
     """
 
     tol: float = 0.0
@@ -115,6 +140,7 @@ class BasisUpdateGalerkin:
         return basis_update_galerkin(lowrank, x, y, **options)
 
 
+#: the integrator value types (for annotations and ``isinstance``)
 Integrator = TruncatedSVD | ProjectorSplitting | BasisUpdateGalerkin
 
 _BY_NAME = {c.name: c for c in (TruncatedSVD, ProjectorSplitting, BasisUpdateGalerkin)}
@@ -127,6 +153,11 @@ def as_integrator(integrator: Any, name: str = "integrator") -> Integrator:
     """``integrator`` as a value: a value passes through, a name gives its default value.
 
     Raises ``ValueError`` naming ``name`` for anything else.
+
+    Examples
+    --------
+    >>> as_integrator("truncated_svd"), as_integrator(ProjectorSplitting(order=2))
+    (TruncatedSVD(), ProjectorSplitting(order=2))
     """
     if isinstance(integrator, (TruncatedSVD, ProjectorSplitting, BasisUpdateGalerkin)):
         return integrator

@@ -24,6 +24,15 @@ from lowrank_precond.preconditioners.adadiag import adadiag
 from lowrank_precond.preconditioners.adagram import adagram, adamgram
 from lowrank_precond.preconditioners.asgo import asgo
 from lowrank_precond.preconditioners.base import Preconditioner
+from lowrank_precond.preconditioners.compose import (
+    Transform,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    precondition,
+    scale_by,
+    scale_by_learning_rate,
+)
 from lowrank_precond.preconditioners.diagonal import adagrad, adam
 from lowrank_precond.preconditioners.full import full_matrix_adagrad
 from lowrank_precond.preconditioners.sketched import sketched_adagrad
@@ -54,6 +63,13 @@ _FACTORIES: dict[str, Callable[..., Preconditioner]] = {
 __all__ = [
     "METHODS",
     "Preconditioner",
+    "Transform",
+    "add_decayed_weights",
+    "apply_updates",
+    "chain",
+    "precondition",
+    "scale_by",
+    "scale_by_learning_rate",
     "adadiag",
     "adagrad",
     "adagram",

@@ -69,6 +69,18 @@ class CurvatureView(Protocol):
     ``own()`` is the direction of the observed gradient itself (often cheaper than ``apply``
     of it: AdaGram's published direction is ``gbar / s``); ``apply(v)`` preconditions any
     ``(d,)`` vector in the factor dtype. Both return ``(d,)`` arrays in the factor dtype.
+
+    Examples
+    --------
+    A view that scales by a constant (``own`` and ``apply`` agree on the observed ``g``):
+
+    >>> import numpy as np
+    >>> class Scaled:
+    ...     def __init__(self, g, c): self.g, self.c = g, c
+    ...     def own(self): return self.c * self.g
+    ...     def apply(self, v): return self.c * v
+    >>> Scaled(np.ones(2), 0.5).own()
+    array([0.5, 0.5])
     """
 
     def own(self) -> Any: ...
@@ -85,6 +97,16 @@ class Curvature(Protocol):
         The flat state dataclass whose fields :meth:`init` and :meth:`observe` return.
     momentum_state_cls : type
         ``state_cls`` plus the fields ``count: int`` and ``m`` (the first moment).
+
+    Examples
+    --------
+    A new method is a curvature plus :func:`precondition`; see :doc:`/architecture` for a
+    worked example. The library's own curvatures are behind ``adagram`` and
+    ``sketched_adagrad``:
+
+    >>> from lowrank_precond import preconditioners as pc
+    >>> pc.sketched_adagrad(rank=2, betas=(0.9, 0.0)).name
+    'sketched_adagrad'
     """
 
     state_cls: type
@@ -140,6 +162,18 @@ def precondition(
         The factory's validated arguments (must hold ``"nonfinite"``).
     momentum : float in [0, 1)
         ``b1`` above (validated by the factory).
+
+    Examples
+    --------
+    :func:`~lowrank_precond.preconditioners.adamgram` is this composition:
+
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> pre = pc.adamgram(rank=None, eps=1.0, betas=(0.5, 0.0))
+    >>> state = pre.init(np.zeros(2))
+    >>> p, state = pre.update(np.array([3.0, 4.0]), state)
+    >>> state.count, state.m
+    (1, array([1.5, 2. ]))
     """
     b1 = momentum
     if b1 == 0.0:
@@ -183,14 +217,31 @@ def precondition(
 @dataclass(frozen=True)
 class Transform:
     """A pair ``init(params) -> state``, ``update(updates, state, params=None) -> (updates,
-    state)`` (optax's ``GradientTransformation``), composable with :func:`chain`."""
+    state)`` (optax's ``GradientTransformation``), composable with :func:`chain`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> double = Transform(lambda params: (), lambda u, s, params=None: (2 * u, s))
+    >>> double.update(np.ones(2), double.init(None))[0]
+    array([2., 2.])
+    """
 
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any]]
 
 
 def scale_by(pre: Preconditioner) -> Transform:
-    """A preconditioner as a transform: ``updates -> pre.update(updates, state)``."""
+    """A preconditioner as a transform: ``updates -> pre.update(updates, state)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import preconditioners as pc
+    >>> t = scale_by(pc.adagrad(eps=0.0))
+    >>> t.update(np.array([2.0, -3.0]), t.init(np.zeros(2)))[0]
+    array([ 1., -1.])
+    """
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         return pre.update(updates, state)
@@ -203,6 +254,12 @@ def add_decayed_weights(weight_decay: float) -> Transform:
 
     Placed after the preconditioner and before :func:`scale_by_learning_rate`, the step is
     ``x <- x - lr (p + weight_decay x)`` (AdamW's form).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> add_decayed_weights(0.1).update(np.zeros(2), (), np.array([1.0, 2.0]))[0]
+    array([0.1, 0.2])
     """
     wd = check_positive("weight_decay", weight_decay, allow_zero=True)
 
@@ -217,7 +274,14 @@ def add_decayed_weights(weight_decay: float) -> Transform:
 
 
 def scale_by_learning_rate(lr: float) -> Transform:
-    """``updates -> -lr * updates`` (stateless), so that :func:`apply_updates` descends."""
+    """``updates -> -lr * updates`` (stateless), so that :func:`apply_updates` descends.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scale_by_learning_rate(0.5).update(np.array([1.0, -2.0]), ())[0]
+    array([-0.5,  1. ])
+    """
     rate = check_positive("lr", lr, allow_zero=True)
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
@@ -227,7 +291,15 @@ def scale_by_learning_rate(lr: float) -> Transform:
 
 
 def chain(*transforms: Transform) -> Transform:
-    """Apply ``transforms`` in order; the state is the tuple of their states."""
+    """Apply ``transforms`` in order; the state is the tuple of their states.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = chain(add_decayed_weights(1.0), scale_by_learning_rate(0.1))
+    >>> t.update(np.zeros(1), t.init(None), np.array([2.0]))[0]
+    array([-0.2])
+    """
 
     def init(params: Any) -> tuple[Any, ...]:
         return tuple(t.init(params) for t in transforms)
@@ -243,5 +315,12 @@ def chain(*transforms: Transform) -> Transform:
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` (a new array)."""
+    """``params + updates`` (a new array).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> apply_updates(np.ones(2), np.array([-0.5, 0.5]))
+    array([0.5, 1.5])
+    """
     return params + updates
