@@ -36,7 +36,10 @@ class _Data:
             A, y, info = datasets.load(name)
             fun = objective(info["family"], A, y, lam=info["lam"], fit_intercept=True)
             ref = scipy.optimize.minimize(
-                fun, np.zeros(fun.shape).ravel(), jac=True, method="L-BFGS-B",
+                fun,
+                np.zeros(fun.shape).ravel(),
+                jac=True,
+                method="L-BFGS-B",
                 options={"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-10},
             )
             data[name] = (A, y, info, float(ref.fun))
@@ -52,8 +55,9 @@ class Objective(_Data):
     def setup(self, data, backend, dataset, batch_size):
         xp, device = namespace(backend)
         A, y, info, _ = data[dataset]
-        self.fun = objective(info["family"], A, y, lam=info["lam"], batch_size=batch_size,
-                             fit_intercept=True)
+        self.fun = objective(
+            info["family"], A, y, lam=info["lam"], batch_size=batch_size, fit_intercept=True
+        )
         self.w = xp.asarray(np.zeros(self.fun.shape), device=device)
         self.fun(self.w)  # move the data to the backend once
 

@@ -77,20 +77,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=200)
-    ap.add_argument("--full-steps", type=int, default=5_000,
-                    help="steps for the dense full_matrix_adagrad (an eigh per step)")
+    ap.add_argument(
+        "--full-steps",
+        type=int,
+        default=5_000,
+        help="steps for the dense full_matrix_adagrad (an eigh per step)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
     print(f"d = {args.dim}, scales 1e-4..1e4 (log-uniform), float32 vs float64 states")
-    print(f"{'method':32s} {'subspace':>8s} {'steps':>7s} {'drift':>9s} "
-          f"{'|p32|/bound':>12s} {'|p64|/bound':>12s} {'orth':>9s}")
+    print(
+        f"{'method':32s} {'subspace':>8s} {'steps':>7s} {'drift':>9s} "
+        f"{'|p32|/bound':>12s} {'|p64|/bound':>12s} {'orth':>9s}"
+    )
     for name in args.methods.split(","):
         steps = args.full_steps if name == "full_matrix_adagrad" else args.steps
         for k in (4, args.dim):
             r = soak(name, args.dim, k, steps)
             orth = "-" if math.isnan(r["orth"]) else f"{r['orth']:.1e}"
-            print(f"{name:32s} {k:8d} {steps:7d} {r['drift']:9.2e} {r['p32']:12.6f} "
-                  f"{r['p64']:12.6f} {orth:>9s}", flush=True)
+            print(
+                f"{name:32s} {k:8d} {steps:7d} {r['drift']:9.2e} {r['p32']:12.6f} "
+                f"{r['p64']:12.6f} {orth:>9s}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

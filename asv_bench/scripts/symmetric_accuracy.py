@@ -60,8 +60,7 @@ def run(kind, eps):
     worst = worst_general = 0.0
     declined = 0
     for t, g in enumerate(gradients(kind, rng)):
-        out = ksl_adagram_step(M, g, eps, direction="symmetric",
-                               refresh=t % REFRESH_EVERY == 0)
+        out = ksl_adagram_step(M, g, eps, direction="symmetric", refresh=t % REFRESH_EVERY == 0)
         if out is None:
             declined += 1
             out = ksl_adagram_step(M, g, eps)
@@ -80,5 +79,7 @@ if __name__ == "__main__":
     for eps in (0.1, 1e-4, 1e-8):
         for kind in ("random", "lowdim", "repeated", "lsq"):
             worst, general, declined = run(kind, eps)
-            print(f"eps={eps:g} {kind:9s} worst rel err {worst:.2e} "
-                  f"(general path {general:.2e}) declined {declined}")
+            print(
+                f"eps={eps:g} {kind:9s} worst rel err {worst:.2e} "
+                f"(general path {general:.2e}) declined {declined}"
+            )

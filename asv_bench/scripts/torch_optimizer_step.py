@@ -12,8 +12,7 @@ import lowrank_precond.torch as lpt
 D = 1_000_000
 OPTIMIZERS = {
     "lowrank_precond AdaGram(rank=5)": lambda p: lpt.AdaGram([p], lr=0.01, rank=5),
-    "lowrank_precond SketchedAdaGrad(rank=5)": lambda p: lpt.SketchedAdaGrad([p], lr=0.01,
-                                                                              rank=5),
+    "lowrank_precond SketchedAdaGrad(rank=5)": lambda p: lpt.SketchedAdaGrad([p], lr=0.01, rank=5),
     "torch.optim.Adagrad": lambda p: torch.optim.Adagrad([p], lr=0.01),
     "torch.optim.Adam": lambda p: torch.optim.Adam([p], lr=0.01),
 }

@@ -26,18 +26,18 @@ from lowrank_precond.linalg.factorization import (
     rank_one_increment,
     symmetric_direction,
 )
-from lowrank_precond.linalg.integrators import (
-    basis_update_galerkin,
-    projector_splitting,
-    recompress,
-    truncated_svd,
-)
 from lowrank_precond.linalg.integrator_types import (
     INTEGRATOR_NAMES,
     BasisUpdateGalerkin,
     ProjectorSplitting,
     TruncatedSVD,
     as_integrator,
+)
+from lowrank_precond.linalg.integrators import (
+    basis_update_galerkin,
+    projector_splitting,
+    recompress,
+    truncated_svd,
 )
 from lowrank_precond.linalg.kernels import orthonormalize, qr_tall
 from lowrank_precond.linalg.lowrank import Factored, LowRank

@@ -483,8 +483,9 @@ def _fd_core(
     """
     k = int(sig2.shape[0])
     cdt, dev = sig2.dtype, device_of(sig2)
-    top = xp.concat([xp.eye(k, dtype=cdt, device=dev) * xp.sqrt(sig2), xp.reshape(c, (k, 1))],
-                    axis=1)
+    top = xp.concat(
+        [xp.eye(k, dtype=cdt, device=dev) * xp.sqrt(sig2), xp.reshape(c, (k, 1))], axis=1
+    )
     if beta is None:
         core = top
     else:

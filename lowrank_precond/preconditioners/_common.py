@@ -269,8 +269,7 @@ def check_factor_dtype(name: str, factor_dtype: Any) -> str | None:
         label = label.rsplit(".", 1)[-1]
     if label not in FACTOR_DTYPES:
         raise ValueError(
-            f"{name}: expected None, 'float32' or 'float64' (or that dtype), "
-            f"got {factor_dtype!r}"
+            f"{name}: expected None, 'float32' or 'float64' (or that dtype), got {factor_dtype!r}"
         )
     return label
 
@@ -365,8 +364,9 @@ def ema(average: Any, value: Any, beta: float) -> Any:
 def adam_ratio(xp: Any, m: Any, v: Any, t: int, betas: tuple[float, float], eps: float) -> Any:
     """Adam's normalised step ``(m / (1-b1^t)) / (sqrt(v) / sqrt(1-b2^t) + eps)``.
 
-    ``t >= 1`` is the number of moment updates so far; eps is outside the root (:ref:`theory-baselines`). The form ``sqrt(v) / sqrt(1 - b2^t)`` is the one ``torch.optim.Adam`` uses,
-    which keeps iterates equal to its own to rounding.
+    ``t >= 1`` is the number of moment updates so far; eps is outside the root
+    (:ref:`theory-baselines`). The form ``sqrt(v) / sqrt(1 - b2^t)`` is the one
+    ``torch.optim.Adam`` uses, which keeps iterates equal to its own to rounding.
 
     Parameters
     ----------

@@ -3,9 +3,10 @@
 AdaGram (arXiv 2508.21106) keeps ``L_t^{-1} = eps^{-1/2} (I - M_t)`` with ``L_t L_t^T = G_t =
 eps I + sum_s g_s g_s^T`` and ``M_t = M_{t-1} + x y^T`` (:ref:`theory-adagram`). ``M`` is either
 kept exactly (``P Q^T``, one column pair per accepted step) or, past ``rank`` columns, as a
-rank-``r`` ``U S V^T`` advanced by a low-rank integrator (:ref:`theory-integrators`). The two factories share
-one mechanism: :func:`adagram` applies the updated factor to the gradient, :func:`adamgram`
-applies the same factor to an Adam-style bias-corrected first moment of the gradients.
+rank-``r`` ``U S V^T`` advanced by a low-rank integrator (:ref:`theory-integrators`). The
+two factories share one mechanism: :func:`adagram` applies the updated factor to the
+gradient, :func:`adamgram` applies the same factor to an Adam-style bias-corrected first moment
+of the gradients.
 
 All of the linear algebra lives in :mod:`lowrank_precond.linalg` (``factorization`` and
 ``integrators``); this module is the bookkeeping around it: flattening, dtypes, warm-up,
@@ -98,7 +99,8 @@ class AdaGramState:
     last_ratio : float
         ``rho_t = eps |gbar_t|^2 / |g_t|^2`` of the last accepted step (``0.0`` before the
         first). On an exact factor ``rho_t <= 1`` always [B14]; ``rho_t > 1`` certifies that a
-        truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed (:ref:`theory-truncation`). Free:
+        truncated ``M`` has ``sigma_max(I - M) > 1``, i.e. ``G_r >= eps I`` failed
+        (:ref:`theory-truncation`). Free:
         both norms are computed by the step anyway.
     P, Q : array, shape (d, k)
         Exact form ``M = P Q^T`` (``k <= rank``, or unbounded for ``rank=None``); ``(d, 0)``
@@ -215,7 +217,8 @@ def _make_integrator(integrator: Any, rank: int, xp: Any) -> Integrator:
 
 
 class _Updated:
-    """The updated matrix ``M^+ = M_old + x y^T`` of one step, before any truncation (:ref:`theory-integrators-warmup`).
+    """The updated matrix ``M^+ = M_old + x y^T`` of one step, before any truncation
+    (:ref:`theory-integrators-warmup`).
 
     Holds what the directions need without building anything they do not use: the published
     and newton directions of ``g`` itself are O(d) / one ``rmatvec`` of the old ``M``; the
@@ -223,9 +226,7 @@ class _Updated:
     ``info is None`` marks a skipped step (``gbar = 0``): then ``M^+ = M_old``.
     """
 
-    def __init__(
-        self, xp: Any, old: Factored | LowRank, info: Any, plus: Factored | None = None
-    ):
+    def __init__(self, xp: Any, old: Factored | LowRank, info: Any, plus: Factored | None = None):
         self.xp, self.old, self.info, self._plus = xp, old, info, plus
 
     def matrix(self) -> Factored | LowRank:
@@ -314,7 +315,7 @@ def _advance(
             return _Updated(xp, old, None), None
         if rank is None or old.rank < rank:  # exact growth (warm-up, or rank=None)
             factors = {"P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V}
-        else:  # this step would make k = rank + 1: recompress, then integrate (docs/theory.rst#theory-integrators-warmup)
+        else:  # k would be rank + 1: recompress, then integrate (theory-integrators-warmup)
             new = integrate(_recompress(xp, old, rank), info.x, info.y)
             factors = _empty_factors(xp, d, g.dtype, device_of(g))
             factors.update(U=new.U, S=new.S, V=new.V)
@@ -457,8 +458,13 @@ class _Curvature:
                 impl = "reference: warm-up (the fused step needs a truncated factor)"
             else:
                 # raw flat gradient: the fused step casts it block by block
-                res = _fused(state, self.flat(grad, state, cast=False), self.eps,
-                             self.direction, self.workspace)
+                res = _fused(
+                    state,
+                    self.flat(grad, state, cast=False),
+                    self.eps,
+                    self.direction,
+                    self.workspace,
+                )
                 if not isinstance(res, Declined):
                     fields, direction = res
                     return fields, _View(None, None, self.direction, self.eps, own=direction)
@@ -479,10 +485,10 @@ _ARGS_DOC = """
     rank : int >= 1 or None
         ``None``: exact, growing ``M = P Q^T`` (memory ``2 d t``, O(d t) per step: for short
         runs and tests; never the default). An int ``r``: exact growth for the first ``r``
-        accepted steps, then at
-        the step that would make ``k = r + 1`` the exact state is converted with
-        ``recompress(P Q^T, r)`` and from then on the integrator advances ``U S V^T`` every step
-        (memory ``2 d r``, O(d r^2) per step; :ref:`theory-integrators-warmup`). A parameter with ``d <= rank`` uses rank
+        accepted steps, then at the step that would make ``k = r + 1`` the exact state is
+        converted with ``recompress(P Q^T, r)`` and from then on the integrator advances
+        ``U S V^T`` every step (memory ``2 d r``, O(d r^2) per step;
+        :ref:`theory-integrators-warmup`). A parameter with ``d <= rank`` uses rank
         ``d``, which is exact.
     integrator : integrator value, name, or callable
         How a rank-``r`` ``M`` absorbs ``x y^T`` (:ref:`theory-integrators-methods`):
@@ -501,7 +507,8 @@ _ARGS_DOC = """
         of 300 on digits, against none for ``"symmetric"``, which also reached a lower
         objective on diabetes and digits); ``"newton"``: ``G_t^{-1} v`` (ONS-like, other
         units: own ``lr``).
-        Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation (:ref:`theory-integrators-warmup`).
+        Always computed from ``M^+ = M_{t-1} + x y^T`` *before* truncation
+        (:ref:`theory-integrators-warmup`).
     eps : float > 0
         ``G_0 = eps I`` (inside the root, the same eps as full-matrix AdaGrad).
     order : {1, 2}
@@ -592,8 +599,8 @@ def adagram(
     Preconditioner
         ``init(x) -> AdaGramState``; ``update(g, state) -> (direction, AdaGramState)`` with
         the direction in ``g``'s shape, dtype and backend. ``state.last_ratio`` is a free health
-        check (``<= 1`` on exact states, :ref:`theory-truncation`); ``factor_health(state.factor)`` is the O(d r^2)
-        one.
+        check (``<= 1`` on exact states, :ref:`theory-truncation`);
+        ``factor_health(state.factor)`` is the O(d r^2) one.
 
     Raises
     ------
@@ -640,9 +647,7 @@ def adagram(
     >>> state.truncated, state.U.shape, state.P.shape, bool(np.linalg.norm(p) < 1)
     (True, (6, 2), (6, 0), True)
     """
-    curvature = _Curvature(
-        rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1=0.0
-    )
+    curvature = _Curvature(rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1=0.0)
     hyper = curvature.hyperparams()
     hyper["nonfinite"] = nonfinite
     return precondition("adagram", curvature, hyper)
@@ -713,7 +718,8 @@ def adamgram(
 
     References
     ----------
-    AdaGram / AdamGram, arXiv 2508.21106; Adam, Kingma & Ba 2015. :ref:`theory-adagram`, :ref:`theory-baselines`.
+    AdaGram / AdamGram, arXiv 2508.21106; Adam, Kingma & Ba 2015. :ref:`theory-adagram`,
+    :ref:`theory-baselines`.
 
     Examples
     --------

@@ -190,7 +190,8 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
         bound = _overflow_bound(xp, grad.dtype)
         if n >= bound:
             return reject(
-                grad, state,
+                grad,
+                state,
                 f"grad: |grad| = {n:.3g} is too large for {grad.dtype} arithmetic (its square "
                 f"overflows; the largest accepted norm is {bound:.3g}): rescale the loss",
             )

@@ -238,7 +238,7 @@ def scale_by(pre: Preconditioner) -> Transform:
     --------
     >>> import numpy as np
     >>> from lowrank_precond import preconditioners as pc
-    >>> t = scale_by(pc.adagrad(eps=0.0))
+    >>> t = scale_by(pc.adagrad(eps=1e-300))
     >>> t.update(np.array([2.0, -3.0]), t.init(np.zeros(2)))[0]
     array([ 1., -1.])
     """

@@ -93,7 +93,8 @@ def full_matrix_adagrad(
 
     References
     ----------
-    Duchi, Hazan, Singer, JMLR 2011 (full-matrix AdaGrad). :ref:`theory-full-matrix-adagrad` [E01], [E03].
+    Duchi, Hazan, Singer, JMLR 2011 (full-matrix AdaGrad). :ref:`theory-full-matrix-adagrad` [E01],
+    [E03].
 
     Examples
     --------

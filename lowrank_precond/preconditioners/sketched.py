@@ -1,10 +1,10 @@
 """Sketched full-matrix AdaGrad: a rank-r Frequent-Directions sketch of ``sum g g^T``.
 
-The state is the sketch ``G_fd = (eps + rho) I + U diag(sig2) U^T`` (:ref:`theory-sketched-adagrad`):
-``U`` ``(d, k <= r)`` orthonormal, ``sig2 >= 0``, and the escaped mass ``rho`` that Frequent
-Directions moves to the diagonal, so that ``G_exact <= G_fd <= G_exact + rho I`` (Loewner
-order, [F02]). The sketch arithmetic lives in :mod:`lowrank_precond.linalg.sketch`; this
-module adds the protocol, the moments and the bookkeeping.
+The state is the sketch ``G_fd = (eps + rho) I + U diag(sig2) U^T``
+(:ref:`theory-sketched-adagrad`): ``U`` ``(d, k <= r)`` orthonormal, ``sig2 >= 0``, and the
+escaped mass ``rho`` that Frequent Directions moves to the diagonal, so that
+``G_exact <= G_fd <= G_exact + rho I`` (Loewner order, [F02]). The sketch arithmetic lives in
+:mod:`lowrank_precond.linalg.sketch`; this module adds the curvature view of it.
 """
 
 from __future__ import annotations
@@ -204,20 +204,31 @@ class _Curvature:
                 impl = "reference: the sketch is filling (the fused step needs it full)"
             else:
                 res = try_fd_sketch_step(
-                    sketch, g, self.eps, shrink=self.shrink,
-                    feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0, apply_scale=scale,
-                    refresh=t % SKETCH_REFRESH_EVERY == 0, workspace=self.workspace,
+                    sketch,
+                    g,
+                    self.eps,
+                    shrink=self.shrink,
+                    feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0,
+                    apply_scale=scale,
+                    refresh=t % SKETCH_REFRESH_EVERY == 0,
+                    workspace=self.workspace,
                 )
                 if not isinstance(res, Declined):
                     new = res.sketch
                     check_statistic("sig2", new.sig2)
                     check_statistic("rho", new.rho)
                     fields = {"t": t, "U": new.U, "sig2": new.sig2, "rho": new.rho}
-                    return {**fields, "last_impl": "fused"}, _View(xp, None, g, self.eps, res.direction)
+                    return {**fields, "last_impl": "fused"}, _View(
+                        xp, None, g, self.eps, res.direction
+                    )
                 impl = f"reference: the fused step declined ({res.code}: {res.reason})"
         fed = _gram_sketch_update(
-            xp, sketch, math.sqrt(1.0 - b2) * g if b2 > 0.0 else g, min(self.rank, d),
-            shrink=self.shrink, integrator=self.integrator,
+            xp,
+            sketch,
+            math.sqrt(1.0 - b2) * g if b2 > 0.0 else g,
+            min(self.rank, d),
+            shrink=self.shrink,
+            integrator=self.integrator,
         )
         if fed is sketch and b2 == 0.0:  # g = 0 and no EMA: no sketch step
             return None, _View(xp, sketch, g, self.eps)
@@ -304,9 +315,10 @@ def sketched_adagrad(
     Returns
     -------
     Preconditioner
-        ``init(x) -> SketchedAdaGradState`` (``SketchedAdaGradMomentumState`` with momentum); ``update(g, state) -> (direction, state)`` with
-        the direction in ``g``'s shape, dtype and backend. With ``betas = (0, 0)`` a zero
-        gradient returns a zero direction and the same state object.
+        ``init(x) -> SketchedAdaGradState`` (``SketchedAdaGradMomentumState`` with momentum);
+        ``update(g, state) -> (direction, state)`` with the direction in ``g``'s shape, dtype
+        and backend. With ``betas = (0, 0)`` a zero gradient returns a zero direction and the
+        same state object.
 
     References
     ----------

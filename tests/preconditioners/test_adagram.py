@@ -33,12 +33,12 @@ from dense_reference import (
 )
 
 from lowrank_precond import preconditioners as pc
+from lowrank_precond.linalg import factor_health
 from lowrank_precond.linalg.integrator_types import (
     BasisUpdateGalerkin,
     ProjectorSplitting,
     TruncatedSVD,
 )
-from lowrank_precond.linalg import factor_health
 
 # the factories under test (through the public package, as users reach them)
 adagram = pc.adagram
@@ -104,8 +104,9 @@ def dense_operators(Mp: np.ndarray, eps: float):
     return {"published": Linv, "symmetric": root, "newton": Linv.T @ Linv}
 
 
-def dense_adagram(grads, eps, rank=None, integrator="projector_splitting", order=1, tol=0.0,
-                  b1=None):
+def dense_adagram(
+    grads, eps, rank=None, integrator="projector_splitting", order=1, tol=0.0, b1=None
+):
     """Replay AdaGram (``b1=None``) or AdamGram (first moment ``b1``) densely.
 
     Returns ``(directions, Ms, info)``: ``directions[kind]`` the list of directions,
@@ -295,8 +296,13 @@ def test_rank_adaptive_bug_equals_svd_truncation(stream, references):
     ref, Ms, _ = references(5, "basis_update_galerkin", tol=1e-6)
     svd = references(5, "truncated_svd")[1]
     _assert_close_list(Ms, svd, 1e-12, "dense references agree")
-    got, states = _run(adagram(rank=5, integrator="basis_update_galerkin", tol=1e-6, eps=EPS,
-                               direction="published"), np.zeros(D), stream)
+    got, states = _run(
+        adagram(
+            rank=5, integrator="basis_update_galerkin", tol=1e-6, eps=EPS, direction="published"
+        ),
+        np.zeros(D),
+        stream,
+    )
     _assert_close_list(got, ref["published"], RTOL, "adaptive BUG")
     _assert_close_list([_dense_M(s) for s in states], Ms, RTOL, "adaptive BUG: M")
 
@@ -307,8 +313,9 @@ def test_rank_adaptive_bug_drops_rank(rng):
     B = rng.standard_normal((d, 2))
     grads = [B @ rng.standard_normal(2) for _ in range(15)]
     exact = dense_full_matrix(grads, eps)
-    pre = adagram(rank=4, integrator="basis_update_galerkin", tol=1e-8, eps=eps,
-                  direction="symmetric")
+    pre = adagram(
+        rank=4, integrator="basis_update_galerkin", tol=1e-8, eps=eps, direction="symmetric"
+    )
     got, states = _run(pre, np.zeros(d), grads)
     _assert_close_list(got, exact["symmetric"], 1e-9, "adaptive BUG, low-dim gradients")
     assert states[-1].truncated and states[-1].U.shape[1] <= 4
@@ -323,8 +330,9 @@ def test_low_dimensional_gradients_reproduce_exact_adagram(rng, integrator, dire
     B = rng.standard_normal((d, r))
     grads = [B @ rng.standard_normal(r) * (1 + 0.3 * np.sin(s)) for s in range(40)]
     want = dense_full_matrix(grads, eps)[direction]
-    got, states = _run(adagram(rank=r, integrator=integrator, direction=direction, eps=eps),
-                       np.zeros(d), grads)
+    got, states = _run(
+        adagram(rank=r, integrator=integrator, direction=direction, eps=eps), np.zeros(d), grads
+    )
     assert states[-1].truncated
     _assert_close_list(got, want, 1e-8, f"{integrator}/{direction}")
 
@@ -354,10 +362,16 @@ def test_published_and_symmetric_norms_below_one(stream, rank, integrator):
     """[A06]/[B12]: |published| = |symmetric| = nu/s < 1, also after truncation."""
     g_scaled = [100.0 * g for g in stream[:60]]
     pub, _ = _run(adagram(rank=rank, integrator=integrator, eps=EPS), np.zeros(D), g_scaled)
-    sym, _ = _run(adagram(rank=rank, integrator=integrator, eps=EPS, direction="symmetric"),
-                  np.zeros(D), g_scaled)
-    new, _ = _run(adagram(rank=rank, integrator=integrator, eps=EPS, direction="newton"),
-                  np.zeros(D), g_scaled)
+    sym, _ = _run(
+        adagram(rank=rank, integrator=integrator, eps=EPS, direction="symmetric"),
+        np.zeros(D),
+        g_scaled,
+    )
+    new, _ = _run(
+        adagram(rank=rank, integrator=integrator, eps=EPS, direction="newton"),
+        np.zeros(D),
+        g_scaled,
+    )
     for g, a, b, c in zip(g_scaled, pub, sym, new, strict=True):
         assert np.linalg.norm(a) < 1.0
         assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(b), rel=1e-8)
@@ -407,8 +421,7 @@ def test_adamgram_matches_dense_replay(stream, references, rank, integrator, dir
     grads = list(stream)
     grads[50] = np.zeros(D)  # a moment-only step
     ref, Ms, _ = dense_adagram(grads, EPS, rank, integrator, b1=0.9)
-    pre = adamgram(rank=rank, integrator=integrator, direction=direction, eps=EPS,
-                   betas=(0.9, 0.0))
+    pre = adamgram(rank=rank, integrator=integrator, direction=direction, eps=EPS, betas=(0.9, 0.0))
     got, states = _run(pre, np.zeros(D), grads)
     _assert_close_list(got, ref[direction], RTOL, f"adamgram {integrator}/{direction}")
     _assert_close_list([_dense_M(s) for s in states], Ms, RTOL, "adamgram: M")
@@ -429,8 +442,9 @@ def test_adamgram_refuses_finite_rank_with_momentum(rank, integrator):
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_adamgram_without_momentum_is_adagram(stream, direction):
-    a, _ = _run(adamgram(rank=4, direction=direction, eps=EPS, betas=(0.0, 0.0)),
-                np.zeros(D), stream[:40])
+    a, _ = _run(
+        adamgram(rank=4, direction=direction, eps=EPS, betas=(0.0, 0.0)), np.zeros(D), stream[:40]
+    )
     b, _ = _run(adagram(rank=4, direction=direction, eps=EPS), np.zeros(D), stream[:40])
     _assert_close_list(a, b, 1e-10, direction)
 
@@ -447,8 +461,7 @@ def test_adamgram_exact_step_bounded(stream):
     g_scaled = [30.0 * g for g in stream[:50]]
     for direction in ("published", "symmetric"):
         pre = adamgram(rank=None, eps=EPS, direction=direction, betas=(0.9, 0.0))
-        got, _ = _run(pre, np.zeros(D),
-                      g_scaled)
+        got, _ = _run(pre, np.zeros(D), g_scaled)
         assert max(np.linalg.norm(p) for p in got) < 1.0
 
 
@@ -462,8 +475,9 @@ def test_every_backend_same_directions(xp, integrator, direction):
     d, eps = 10, 0.1
     grads = gradient_stream(rng, (d,), 12)
     ref, Ms, _ = dense_adagram(grads, eps, 3, integrator)
-    got, states = _run(adagram(rank=3, integrator=integrator, direction=direction, eps=eps),
-                       np.zeros(d), grads, xp)
+    got, states = _run(
+        adagram(rank=3, integrator=integrator, direction=direction, eps=eps), np.zeros(d), grads, xp
+    )
     _assert_close_list(got, ref[direction], 1e-10, f"{xp}: {integrator}/{direction}")
     assert _rel(_dense_M(states[-1], xp), Ms[-1]) <= 1e-10
     assert states[-1].truncated
@@ -475,8 +489,9 @@ def test_every_backend_adamgram(xp, direction):
     d, eps = 8, 0.1
     grads = gradient_stream(rng, (d,), 10)
     ref, _, _ = dense_adagram(grads, eps, None, "projector_splitting", b1=0.8)
-    got, _ = _run(adamgram(rank=None, direction=direction, eps=eps, betas=(0.8, 0.0)),
-                  np.zeros(d), grads, xp)
+    got, _ = _run(
+        adamgram(rank=None, direction=direction, eps=eps, betas=(0.8, 0.0)), np.zeros(d), grads, xp
+    )
     _assert_close_list(got, ref[direction], 1e-10, f"{xp}: adamgram/{direction}")
 
 
@@ -498,12 +513,13 @@ def test_float32_keeps_float64_factor(xp, direction, rank):
         p, state = pre.update(xp.asarray(g), state)
         assert p.dtype == xp.float32
         err = _rel(xp.to_numpy(p).astype(np.float64), want)
-        assert err <= 2 ** -23, f"step {s}: {err:.2e}"  # one float32 rounding per entry
+        assert err <= 2**-23, f"step {s}: {err:.2e}"  # one float32 rounding per entry
     # the same exact run with a float32 factor: A.15 predicts ~0.4 u sqrt(lambda_max/eps),
     # >> 1e-3 here (after truncation most of g sits in eps-scale directions, no cancellation)
     if xp.name == "numpy" and direction == "published" and rank is None:
-        low, _ = _run(adagram(rank=rank, direction=direction, eps=eps, factor_dtype="float32"),
-                      x32, g32)
+        low, _ = _run(
+            adagram(rank=rank, direction=direction, eps=eps, factor_dtype="float32"), x32, g32
+        )
         assert max(_rel(a, b) for a, b in zip(low, ref, strict=True)) > 1e-3
 
 
@@ -603,8 +619,9 @@ def test_bad_arguments(factory, kwargs, match):
         factory(**kwargs)
 
 
-@pytest.mark.parametrize("betas,match", [((0.9, 0.99), "betas"), ((1.0, 0.0), "betas"),
-                                         ((0.9,), "betas")])
+@pytest.mark.parametrize(
+    "betas,match", [((0.9, 0.99), "betas"), ((1.0, 0.0), "betas"), ((0.9,), "betas")]
+)
 def test_adamgram_bad_betas(betas, match):
     with pytest.raises(ValueError, match=match):
         adamgram(rank=None, betas=betas)
@@ -636,4 +653,3 @@ def test_two_million_parameters_ksl():
         assert np.linalg.norm(p) < 1.0
     assert state.truncated and state.U.shape == (d, r) and state.S.shape == (r, r)
     assert state.P.shape == (d, 0)
-

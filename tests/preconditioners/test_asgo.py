@@ -38,7 +38,6 @@ def _reference(shape, grads, *, side, **kwargs):
     return [p.reshape(shape) for p in out], state
 
 
-
 def _asgo(**options):
     """``pc.asgo`` with the reference's option names (``beta1``, ``beta2``) as ``betas``."""
     if "beta1" in options or "beta2" in options:
@@ -50,6 +49,7 @@ def test_deprecated_beta_keywords_still_work_and_warn():
     with pytest.warns(DeprecationWarning, match="betas"):
         old = pc.asgo(beta1=0.9, beta2=0.8)
     assert old.hyperparams["betas"] == (0.9, 0.8)
+
 
 @pytest.mark.parametrize(
     "options",

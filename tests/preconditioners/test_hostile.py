@@ -130,8 +130,15 @@ def test_bad_parameters_at_init(name):
 @pytest.mark.parametrize("name", pc.METHODS)
 @pytest.mark.parametrize(
     "arg,value",
-    [("eps", 0.0), ("eps", -1.0), ("eps", float("nan")), ("eps", float("inf")), ("eps", "1e-8"),
-     ("nonfinite", "ignore"), ("nonfinite", None)],
+    [
+        ("eps", 0.0),
+        ("eps", -1.0),
+        ("eps", float("nan")),
+        ("eps", float("inf")),
+        ("eps", "1e-8"),
+        ("nonfinite", "ignore"),
+        ("nonfinite", None),
+    ],
 )
 def test_bad_hyperparameters_name_the_argument(name, arg, value):
     with pytest.raises((ValueError, TypeError), match=rf"^{arg}"):
@@ -141,12 +148,20 @@ def test_bad_hyperparameters_name_the_argument(name, arg, value):
 @pytest.mark.parametrize(
     "name,arg,value",
     [
-        ("adagram", "rank", 0), ("adagram", "rank", 2.5), ("adagram", "rank", True),
-        ("adagram", "factor_dtype", "float16"), ("sketched_adagrad", "rank", -1),
-        ("sketched_adagrad", "betas", (0.9, 1.0)), ("sketched_adagrad", "factor_dtype", "int8"),
-        ("full_matrix_adagrad", "max_dim", 0), ("full_matrix_adagrad", "factor_dtype", 3),
-        ("adam", "betas", (1.5, 0.9)), ("adam", "betas", 0.9), ("adadiag", "update_freq", 0),
-        ("asgo", "side", "top"), ("asgo", "betas", (-0.1, None)),
+        ("adagram", "rank", 0),
+        ("adagram", "rank", 2.5),
+        ("adagram", "rank", True),
+        ("adagram", "factor_dtype", "float16"),
+        ("sketched_adagrad", "rank", -1),
+        ("sketched_adagrad", "betas", (0.9, 1.0)),
+        ("sketched_adagrad", "factor_dtype", "int8"),
+        ("full_matrix_adagrad", "max_dim", 0),
+        ("full_matrix_adagrad", "factor_dtype", 3),
+        ("adam", "betas", (1.5, 0.9)),
+        ("adam", "betas", 0.9),
+        ("adadiag", "update_freq", 0),
+        ("asgo", "side", "top"),
+        ("asgo", "betas", (-0.1, None)),
     ],
 )
 def test_bad_method_arguments_name_the_argument(name, arg, value):

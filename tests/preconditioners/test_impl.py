@@ -111,7 +111,9 @@ def test_fused_raises_where_the_method_has_no_fused_step(factory, kwargs, match)
 )
 def test_fused_raises_where_the_parameter_cannot_take_it(factory, kwargs, x, match):
     pre = factory(impl="fused", **kwargs)
-    with pytest.raises(ValueError, match=rf"^impl: 'fused' cannot run for this parameter: .*{match}"):
+    with pytest.raises(
+        ValueError, match=rf"^impl: 'fused' cannot run for this parameter: .*{match}"
+    ):
         pre.init(x)
     factory(impl="auto", **kwargs).init(x)
 

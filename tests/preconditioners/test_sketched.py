@@ -78,8 +78,14 @@ def dense_sketched(grads, eps, rank, shrink=True, betas=(0.0, 0.0)):
         c = 1 - b2**t if b2 > 0 else 1.0
         G_fd = (eps + rho / c) * np.eye(d) + H / c
         out.append(_inv_sqrt_apply(G_fd, v))
-        records.append({"G_fd": G_fd, "G": eps * np.eye(d) + exact / c, "rho": rho / c,
-                        "stored": (eps + rho) * np.eye(d) + H})
+        records.append(
+            {
+                "G_fd": G_fd,
+                "G": eps * np.eye(d) + exact / c,
+                "rho": rho / c,
+                "stored": (eps + rho) * np.eye(d) + H,
+            }
+        )
     return out, records
 
 
