@@ -58,6 +58,8 @@ __all__ = [
     "get",
     "is_float32",
     "name_of",
+    "on_host",
+    "prefers_row_blocks",
     "quiet_floating_point",
     "synchronize",
     "to_core",
@@ -226,6 +228,38 @@ def device_of(x: Any) -> Any:
     'cpu'
     """
     return array_api_compat.device(x)
+
+
+def on_host(x: Any) -> bool:
+    """True when ``x`` lives in host (CPU) memory, where reading a value costs no
+    device synchronisation.
+
+    The math modules ask this (and :func:`prefers_row_blocks`) instead of testing a backend's
+    name or a device string.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.on_host(np.zeros(2))
+    True
+    """
+    return "cpu" in str(device_of(x)).lower()
+
+
+def prefers_row_blocks(x: Any) -> bool:
+    """True when the tall kernels run faster on ``x`` walked in row blocks that fit in cache
+    (NumPy: each call is one BLAS/ufunc sweep) than as whole-array calls (torch, CuPy and
+    the others fuse or schedule whole-array work themselves).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_precond import backends
+    >>> backends.prefers_row_blocks(np.zeros(2))
+    True
+    """
+    return array_api_compat.is_numpy_array(x)
 
 
 def to_device(x: Any, device: Any) -> Any:

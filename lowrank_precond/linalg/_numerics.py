@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lowrank_precond.backends import all_finite, array_namespace, device_of, name_of, to_numpy
+from lowrank_precond.backends import all_finite, array_namespace, device_of, on_host, to_numpy
 
 __all__ = [
     "as_core",
@@ -50,7 +50,7 @@ def require_finite(xp: Any, *named: tuple[str, Any]) -> None:
     path); on a device the per-array flags are reduced there and cross to the host once, so
     a public function's whole finiteness check costs one synchronisation.
     """
-    if len(named) > 1 and "cpu" not in str(device_of(named[0][1])).lower():
+    if len(named) > 1 and not on_host(named[0][1]):
         if bool(xp.all(xp.stack([xp.all(xp.isfinite(a)) for _, a in named]))):
             return
     for name, a in named:
@@ -60,7 +60,7 @@ def require_finite(xp: Any, *named: tuple[str, Any]) -> None:
 
 def host_floats(xp: Any, *scalars: Any) -> list[float]:
     """Several 0-d arrays of one dtype as Python floats with one device-to-host transfer."""
-    if name_of(scalars[0]) == "array_api_strict":  # CPU only: nothing to save
+    if on_host(scalars[0]):  # host memory: reading each costs no synchronisation
         return [float(v) for v in scalars]
     return [float(v) for v in to_numpy(xp.stack(list(scalars))).tolist()]
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lowrank_precond.backends import check_floating, device_of, name_of
+from lowrank_precond.backends import check_floating, device_of, on_host, prefers_row_blocks
 from lowrank_precond.linalg._numerics import (
     as_core,
     core_dtype_of,
@@ -107,14 +107,10 @@ def _diag(xp: Any, v: Any) -> Any:
     return _eye(xp, v.shape[0], v) * _row(xp, v)
 
 
-def _is_cpu(a: Any) -> bool:
-    return "cpu" in str(device_of(a)).lower()
-
-
 def _blocks(d: int, like: Any) -> list[tuple[int, int]]:
     """Row ranges of the blocked kernels: NumPy only (one range for other backends)."""
     step = _BLOCK_ROWS
-    if d <= step or name_of(like) != "numpy":
+    if d <= step or not prefers_row_blocks(like):
         return [(0, d)]
     return [(a, min(a + step, d)) for a in range(0, d, step)]
 
@@ -186,7 +182,7 @@ def _combine(xp: Any, A: Any, x: Any, W: Any) -> Any:
         out = A @ W[:k, :]
         if x is None:
             return out
-        if _is_cpu(A) and c <= 16:
+        if on_host(A) and c <= 16:
             # column by column: a broadcast over rows of c entries runs NumPy's inner loop
             # per row, and costs torch a d x c temporary
             for j in range(c):
