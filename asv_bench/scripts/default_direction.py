@@ -35,7 +35,7 @@ for ds, fam in [
             x = x0.copy()
             st = pre.init(x)
             uphill = 0
-            for i in range(300):
+            for _ in range(300):
                 f, g = fun(x)
                 p, st = pre.update(g, st)
                 if g @ p < 0:
