@@ -42,4 +42,4 @@ for ds, fam in [
                     uphill += 1
                 x = x - lr * p
             best.append(((fun(x)[0] - fs) / abs(fs), lr, uphill))
-        print(ds, direction, ["%.1e@%g up%d" % b for b in best])
+        print(ds, direction, [f"{gap:.1e}@{lr:g} up{up}" for gap, lr, up in best])
