@@ -312,26 +312,26 @@ def try_ksl_adagram_step(
         ops = kernels.ops
 
         def alloc(shape: tuple[int, ...]) -> Any:
-            return ops.empty(shape, host[0].U.dtype)
+            return ops.empty(shape, host[0].dtype)
     else:
 
         def alloc(shape: tuple[int, ...]) -> Any:
-            return workspace.empty(shape, host[0].U)
+            return workspace.empty(shape, host[0])
 
     with warnings.catch_warnings(), kernels.single_threaded():
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _host_step(kernels.ops, host[0], host[1], eps, refresh, direction, alloc)
+        res = _host_step(kernels.ops, host, eps, refresh, direction, alloc)
     if isinstance(res, Declined):
         return res
     return _from_host(kernels, res, lowrank)
 
 
-def _to_host(kernels: FusedKernels, lowrank: LowRank, g: Any) -> tuple[LowRank, Any] | Declined:
-    """``(lowrank, g)`` as host arrays sharing their memory (``U, V`` that are halves of one
+def _to_host(kernels: FusedKernels, lowrank: LowRank, g: Any) -> tuple[Any, ...] | Declined:
+    """``(U, S, V, g)`` as host arrays sharing their memory (``U, V`` that are halves of one
     ``(2r, d)`` array stay halves of one host array); ``g`` is cast first where its dtype
-    has no host view."""
+    has no host view. Plain arrays, not a :class:`LowRank`: no validation per step."""
     rows = kernels.host_rows(lowrank.U.T, lowrank.V.T)
     S = kernels.host(lowrank.S)
     gh = kernels.host(g)
@@ -343,7 +343,7 @@ def _to_host(kernels: FusedKernels, lowrank: LowRank, g: Any) -> tuple[LowRank, 
             "the factors or the gradient have no NumPy view (e.g. a "
             "tensor with the negative or conjugate bit set)",
         )
-    return LowRank(rows[0].T, S, rows[1].T), gh
+    return rows[0].T, S, rows[1].T, gh
 
 
 @dataclass(frozen=True)
@@ -394,8 +394,7 @@ def _safe_range(xp: Any, dtype: Any) -> tuple[float, float]:
 class _Passes:
     """What the passes over ``d`` read (host arrays), and where they write blocks."""
 
-    def __init__(self, ops: Any, lowrank: LowRank, g: Any, eps: float):
-        U, V = lowrank.U, lowrank.V
+    def __init__(self, ops: Any, U: Any, V: Any, g: Any, eps: float):
         xp = self.xp = array_namespace(U)
         self.ops = ops
         self.d, self.r = d, r = int(U.shape[0]), int(U.shape[1])
@@ -433,11 +432,13 @@ class _Passes:
 
 
 def _host_step(
-    ops: Any, lowrank: LowRank, g: Any, eps: float, refresh: bool, direction: str, alloc: Any
+    ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any
 ) -> _HostStep | Declined:
-    """The whole step on host arrays: passes 1 and 2, the small algebra, pass 3."""
-    P = _Passes(ops, lowrank, g, eps)
-    red = _reduce(P, lowrank.S, direction == "symmetric", refresh, alloc)
+    """The whole step on the host arrays ``(U, S, V, g)``: passes 1 and 2, the small
+    algebra, pass 3."""
+    U, S, V, g = host
+    P = _Passes(ops, U, V, g, eps)
+    red = _reduce(P, S, direction == "symmetric", refresh, alloc)
     if isinstance(red, Declined):
         return red
     xp, r, n = P.xp, P.r, red.n

@@ -227,28 +227,25 @@ def try_fd_sketch_step(
         ops = kernels.ops
 
         def alloc(shape: tuple[int, ...]) -> Any:
-            return ops.empty(shape, host[0].U.dtype)
+            return ops.empty(shape, host[0].dtype)
     else:
 
         def alloc(shape: tuple[int, ...]) -> Any:
-            return workspace.empty(shape, host[0].U)
+            return workspace.empty(shape, host[0])
 
     scales = (float(feed_scale), float(apply_scale))
     with warnings.catch_warnings(), kernels.single_threaded():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow: declined below
-        res = _host_step(kernels.ops, host[0], host[1], eps, shrink, scales, refresh, alloc)
+        res = _host_step(kernels.ops, host, eps, shrink, scales, refresh, alloc)
     if isinstance(res, Declined):
         return res
-    new = res.sketch
-    wrap = kernels.wrap
-    return StreamedSketchStep(
-        GramSketch(wrap(new.U), wrap(new.sig2), wrap(new.rho)), wrap(res.direction)
-    )
+    U1, sig2, rho, p = (kernels.wrap(x) for x in res)
+    return StreamedSketchStep(GramSketch(U1, sig2, rho), p)
 
 
-def _to_host(
-    kernels: FusedKernels, sketch: GramSketch, g: Any
-) -> tuple[GramSketch, Any] | Declined:
+def _to_host(kernels: FusedKernels, sketch: GramSketch, g: Any) -> tuple[Any, ...] | Declined:
+    """``(U, sig2, rho, g)`` as host arrays sharing their memory (plain arrays, not a
+    :class:`GramSketch`: no validation per step)."""
     views = tuple(kernels.host(x) for x in (sketch.U, sketch.sig2, sketch.rho, g))
     if any(v is None for v in views):
         return Declined(
@@ -256,7 +253,7 @@ def _to_host(
             "the sketch or the gradient have no NumPy view (e.g. a "
             "tensor with the negative or conjugate bit set, or another dtype)",
         )
-    return GramSketch(*views[:3]), views[3]
+    return views
 
 
 class _Passes:
@@ -276,13 +273,14 @@ class _Passes:
 
 
 def _host_step(
-    ops: Any, sketch: GramSketch, g: Any, eps: float, shrink: bool, scales: Any,
-    refresh: bool, alloc: Any,
-) -> StreamedSketchStep | Declined:  # fmt: skip
-    """The whole step on host arrays: pass 1, the residual, the core, pass 2."""
-    P = _Passes(ops, sketch.U, g)
+    ops: Any, host: tuple[Any, ...], eps: float, shrink: bool, scales: Any, refresh: bool,
+    alloc: Any,
+) -> tuple[Any, ...] | Declined:  # fmt: skip
+    """The whole step on the host arrays ``(U, sig2, rho, g)``: pass 1, the residual, the
+    core, pass 2. Returns the host ``(U_new, sig2_new, rho_new, p)``."""
+    U, sig2, rho, g = host
+    P = _Passes(ops, U, g)
     xp, cdt, k = P.xp, P.cdt, P.k
-    sig2 = sketch.sig2
     c1, gg, K = _pass_project(P, refresh)
     if refresh:
         u = float(xp.finfo(P.dt).eps) / 2
@@ -290,7 +288,7 @@ def _host_step(
         if not math.isfinite(drift):
             return Declined("gradient", "U^T U is not finite")
         if drift > _ORTH_TOL * u * math.sqrt(k + 1):
-            U2, sig2 = _reorthonormalize(xp, sketch.U, sig2)
+            U2, sig2 = _reorthonormalize(xp, U, sig2)
             P.Ut = _row_copy(ops, U2)
             c1, gg, _ = _pass_project(P, False)
     lo, hi = _safe_range(xp, P.dt)
@@ -299,10 +297,9 @@ def _host_step(
     if not (lo < gg < hi) or not math.isfinite(csq):
         return Declined("gradient", f"|g|^2 = {gg:.3g} is zero, non-finite or out of range")
     beta, c2, H = _residual(P, c1, c1c, gg, csq)
-    core = _core(P, sketch, sig2, c1c, c2, beta, gg, eps, shrink, scales)
+    core = _core(P, rho, sig2, c1c, c2, beta, gg, eps, shrink, scales)
     W1, p = _pass_write(P, core, c1, c2, H, alloc)
-    new = GramSketch(W1.T, xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt)))
-    return StreamedSketchStep(new, p)
+    return W1.T, xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt)), p
 
 
 def _pass_project(P: _Passes, gram: bool) -> tuple[Any, float, Any]:
@@ -355,7 +352,7 @@ class _Core:
 
 
 def _core(
-    P: _Passes, sketch: GramSketch, sig2: Any, c1c: Any, c2: Any, beta: float, gg: float,
+    P: _Passes, rho0: Any, sig2: Any, c1c: Any, c2: Any, beta: float, gg: float,
     eps: float, shrink: bool, scales: Any,
 ) -> _Core:  # fmt: skip
     """The core, its SVD, ``rho``, ``sig2`` and the direction's coefficients (core dtype)."""
@@ -366,7 +363,7 @@ def _core(
     fs, ac = scales
     W, keep, sig2_new, rho = _fd_core(
         xp, xp.astype(sig2, cdt), cc * fs, beta * fs if new_column else None, k, shrink,
-        xp.astype(sketch.rho, cdt),
+        xp.astype(rho0, cdt),
     )  # fmt: skip
     Wk = W[:, :keep]
     # U_new^T g = W^T [U^T g; q^T g] = W^T [c1; beta] (q = h / beta is orthogonal to U)
