@@ -16,14 +16,16 @@ from ._common import BACKEND_LABELS, DIMS, RANKS, SMOKE, namespace, orthonormal,
 METHODS = {
     "adagrad": ("adagrad", {}),
     "adam": ("adam", {}),
-    "adagram_ksl": ("adagram", {"integrator": "projector_splitting"}),
+    "adagram_ksl": ("adagram", {"integrator": "projector_splitting", "direction": "published"}),
     "adagram_ksl_symmetric": (
         "adagram",
         {"integrator": "projector_splitting", "direction": "symmetric"},
     ),
-    "adagram_svd": ("adagram", {"integrator": "truncated_svd"}),
-    "adagram_bug": ("adagram", {"integrator": "basis_update_galerkin"}),
-    "adamgram": ("adamgram", {}),
+    "adagram_svd": ("adagram", {"integrator": "truncated_svd", "direction": "published"}),
+    "adagram_bug": ("adagram", {"integrator": "basis_update_galerkin", "direction": "published"}),
+    # a finite rank with momentum is refused (it diverges): AdamGram's own step at a fixed rank
+    # is the b1 = 0 composition, with the published direction as before
+    "adamgram": ("adamgram", {"betas": (0.0, 0.0), "direction": "published"}),
     "sketched_adagrad": ("sketched_adagrad", {}),
 }
 RANKED = {"adagram", "adamgram", "sketched_adagrad"}
