@@ -13,6 +13,7 @@ from lowrank_precond import __version__, backends
 EXTRAS = {
     "torch": ("torch",),
     "cupy": ("cupy",),
+    "fast": ("numba",),
     "plot": ("matplotlib",),
     "data": ("sklearn", "statsmodels"),
     "test": ("pytest", "hypothesis", "array_api_strict", "xdist", "importlinter"),

@@ -82,7 +82,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, core_dtype, device_of
+from lowrank_precond.backends import array_namespace, core_dtype, device_of, numba_kernels
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
 from lowrank_precond.linalg.lowrank import LowRank
@@ -416,6 +416,8 @@ class _Passes:
             ops.copy_into(W, (slice(r, 2 * r), slice(None)), Vt)
             Ut, Vt = W[:r, :], W[r:, :]
         self.W, self.Ut, self.Vt = W, Ut, Vt
+        #: the compiled passes (``numba``, from ``numba_kernels.MIN_ROWS`` rows), or None
+        self.jit = numba_kernels.ksl_kernels(r) if d >= numba_kernels.MIN_ROWS else None
 
     def gblock(self, a: int, b: int) -> Any:
         """``g[a:b]`` in the factor dtype."""
@@ -530,6 +532,12 @@ def _symmetric_from(P: _Passes, red: _Reduced, us: _Side, bcoef: float) -> Any:
 
 def _pass_project(P: _Passes, symmetric: bool) -> tuple[Any, float, Any]:
     """Pass 1: ``c1 = V^T g``, ``|g|^2`` (and ``C = U^T V`` for the symmetric direction)."""
+    if P.jit is not None:
+        if symmetric:
+            c1, gg, C = P.jit.project_sym(P.W, P.g)
+            return P.xp.astype(c1, P.dt), gg, P.xp.astype(C, P.dt)
+        c1, gg = P.jit.project(P.W, P.g)
+        return P.xp.astype(c1, P.dt), gg, None
     c1 = P.zeros(P.r)
     C = None
     gg = 0.0
@@ -553,6 +561,12 @@ def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, 
     ``(av, n, G, GY, yg)``.
     """
     xp, ops, r, dt = P.xp, P.ops, P.r, P.dt
+    if P.jit is not None and not refresh:
+        if C is None:
+            av, n = P.jit.gbar(P.W, P.g, t, P.inv_root, p)
+            return xp.astype(av, dt), n, None, None, None
+        av, n, GY, yg = P.jit.gbar_sym(P.W, P.g, t, P.inv_root, p, C)
+        return xp.astype(av, dt), n, None, xp.astype(GY, dt), xp.astype(yg, dt)
     GY = yg = negCt = Yv = Yv2 = None
     if C is not None:
         negCt = xp.astype(-C.T, dt)
@@ -734,6 +748,13 @@ def _pass_write(
         alpha, coef_g = out.sym
         Mm = P.xp.concat([Mm, P.xp.reshape(-alpha, (1, 2 * P.r))], axis=0)
         hcol = P.xp.concat([hcol, P.xp.asarray([coef_g], dtype=P.dt, device=P.dev)])
+    if P.jit is not None and H is None and Bm is None:
+        if fused:
+            P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root)
+            return W1
+        if out.sym is None:
+            P.jit.write(P.W, W1, out.p, Vm, Mm, hcol, out.inv_s)
+            return W1
     E = P.scratch(3 if fused else 2) if H is None else H
     for a, b in P.wblocks:
         _write_block(P, W1, E, (Vm, Mm, hcol, inv_hs, Bm), sides, H, A1, out.p, a, b)

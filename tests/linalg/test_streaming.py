@@ -15,6 +15,8 @@ from lowrank_precond.linalg.streaming import (
     try_ksl_adagram_step,
 )
 
+pytestmark = pytest.mark.usefixtures("pass_kernels")  # every test with both pass kernels
+
 
 def orth(A):
     return np.linalg.qr(A)[0]
@@ -405,3 +407,29 @@ def test_torch_factors_without_a_numpy_view_decline(rng):
     M = LowRank(neg, torch.from_numpy(S), torch.from_numpy(V))
     out = try_ksl_adagram_step(M, torch.from_numpy(rng.standard_normal(d)), 0.1)
     assert isinstance(out, Declined) and out.code == "view"
+
+
+def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
+    """The compiled passes (partial sums per ``SUM_ROWS`` rows) against the NumPy blocks at a
+    ``d`` that spans several partial sums, both directions, with a refresh step."""
+    from lowrank_precond.backends import numba_kernels
+
+    if not numba_kernels.AVAILABLE:
+        pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
+    d, r = 5 * numba_kernels.SUM_ROWS + 17, 4
+    U, S, V = random_state(rng, d, r)
+    grads = [rng.standard_normal(d) for _ in range(12)]
+    for direction in ("published", "symmetric"):
+        runs = []
+        for min_rows in (0, 1 << 62):
+            monkeypatch.setattr(numba_kernels, "MIN_ROWS", min_rows)
+            M, ps = LowRank(U, S, V), []
+            for i, g in enumerate(grads):
+                out = try_ksl_adagram_step(M, g, 0.1, direction=direction, refresh=i == 7)
+                assert not isinstance(out, Declined), out
+                M = out.lowrank
+                ps.append(out.direction)
+            runs.append((M.U @ M.S @ M.V.T, np.array(ps)))
+        (A, pa), (B, pb) = runs
+        assert rel(A, B) < 1e-13
+        assert rel(pa, pb) < (1e-13 if direction == "published" else 1e-10)
