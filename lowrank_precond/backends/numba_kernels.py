@@ -71,8 +71,8 @@ class KslKernels:
         ``write(W, W1, p, Vm, Mm, hcol, inv_s)``: ``E = hcol p^T - Mm W`` (2 rows),
         ``W1 = W + Vm E``, ``p *= inv_s``.
     write_sym : callable
-        ``write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root)``: as ``write`` with a third row of
-        ``E``, and ``p = inv_root g + E[2]``.
+        ``write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root) -> pp``: as ``write`` with a third
+        row of ``E``, ``p = inv_root g + E[2]``, and returns ``pp = |p|^2``.
     """
 
     rank: int
@@ -228,18 +228,25 @@ def _compile(r: int) -> KslKernels:  # noqa: C901 - one closure per pass, consta
     @jit
     def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):
         d = W.shape[1]
-        for i in range(d):
-            gb = p[i]
-            e0 = hcol[0] * gb
-            e1 = hcol[1] * gb
-            e2 = hcol[2] * gb
-            for k in range(k2):
-                w = W[k, i]
-                e0 -= Mm[0, k] * w
-                e1 -= Mm[1, k] * w
-                e2 -= Mm[2, k] * w
-            for k in range(k2):
-                W1[k, i] = W[k, i] + Vm[k, 0] * e0 + Vm[k, 1] * e1
-            p[i] = inv_root * g[i] + e2
+        pp = 0.0
+        for a in range(0, d, nb):
+            s = 0.0
+            for i in range(a, min(a + nb, d)):
+                gb = p[i]
+                e0 = hcol[0] * gb
+                e1 = hcol[1] * gb
+                e2 = hcol[2] * gb
+                for k in range(k2):
+                    w = W[k, i]
+                    e0 -= Mm[0, k] * w
+                    e1 -= Mm[1, k] * w
+                    e2 -= Mm[2, k] * w
+                for k in range(k2):
+                    W1[k, i] = W[k, i] + Vm[k, 0] * e0 + Vm[k, 1] * e1
+                p[i] = inv_root * g[i] + e2
+                x = np.float64(p[i])
+                s += x * x
+            pp += s
+        return pp
 
     return KslKernels(r, project, project_sym, gbar, gbar_sym, write, write_sym)

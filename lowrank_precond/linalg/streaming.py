@@ -137,7 +137,10 @@ class StreamedStep:
     direction : array, shape (d,)
         The direction of ``M^+ = M + x y^T`` (before truncation) in the factor dtype:
         ``gbar / s = L_t^{-1} g`` (published) or ``G^{-1/2} g`` (symmetric); see
-        :ref:`theory-adagram-directions` in ``docs/theory.rst``.
+        :ref:`theory-adagram-directions` in ``docs/theory.rst``. The symmetric one is
+        returned at its exact length ``nu / s`` (``|G^{-1/2} g| = |L^{-1} g|``): computed
+        through the singular values of ``I - M`` its length would carry a relative error
+        ``~u sqrt(lambda_max / eps)``, while ``nu / s`` is exact to rounding.
     nu : float
         ``|gbar|``.
     s : float
@@ -472,10 +475,34 @@ def _host_step(
             )
             return Declined("geometry", reason)
     S1, gauges = _ksl_core(xp, sides, Sc, bcoef, r)
+    if not _finite(xp, S1, gauges, sym, [sd.h for sd in sides]):
+        return Declined("geometry", "the step's small matrices are not finite")
     out = _Outputs(red.p, 1.0 / s, sym)
-    W1 = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc)
+    W1, pp = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc)
+    if sym is not None and pp > 0.0 and math.isfinite(pp):
+        # the symmetric direction at its exact length |G^{-1/2} g| = |L^{-1} g| = nu / s
+        ops.scale_into(red.p, (slice(0, P.d),), (nu / s) / math.sqrt(pp))
     cgs2 = (sides[0].explicit, sides[1].explicit)
     return _HostStep(W1, xp.astype(S1, P.dt), red.p, nu, s, red.gg, cgs2)
+
+
+def _finite(xp: Any, *parts: Any) -> bool:
+    """Whether every small array or float in ``parts`` (nested tuples/lists, ``None``
+    skipped) is finite. With finite inputs (which passes 1 and 2 certify: a NaN or inf in
+    ``U``, ``S``, ``V`` reaches ``c1`` or ``|gbar|^2``), finite small matrices make every
+    output of pass 3 finite: its entries are bounded combinations of them."""
+    for x in parts:
+        if x is None:
+            continue
+        if isinstance(x, (tuple, list)):
+            if not _finite(xp, *x):
+                return False
+        elif isinstance(x, float):
+            if not math.isfinite(x):
+                return False
+        elif not math.isfinite(float(xp.sum(xp.abs(x)))):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -724,20 +751,20 @@ class _Outputs:
 
 def _pass_write(
     P: _Passes, sides: Any, gauges: Any, roots: Any, H: Any, A1: Any, out: _Outputs, alloc: Any
-) -> Any:
+) -> tuple[Any, float]:
     """Pass 3: ``U1 = U_o + (q - alpha U_o v) v^T``, ``V1`` likewise, and the direction.
 
-    Both factors go to one ``(2r, d)`` buffer (returned; ``None`` where neither basis
-    changes): row block = base + ``Vm @ E``, with base the input block (or ``R^{-T}`` times
-    it on a refresh step), ``Vm = diag(v_u, v_v)`` (``2r x 2``) and ``E`` the two rows
+    Returns ``(W1, pp)``: both factors in one ``(2r, d)`` buffer (``None`` where neither
+    basis changes), and ``|p|^2`` of the symmetric direction (``nan`` for the published one).
+    ``W1``: row block = base + ``Vm @ E``, with base the input block (or ``R^{-T}`` times it
+    on a refresh step), ``Vm = diag(v_u, v_v)`` (``2r x 2``) and ``E`` the two rows
     ``e_i = inv_h_i (gbar - a1_i F_i) - m_i F_i`` (the first term is ``H``, or ``gbar`` where
     no re-orthogonalisation was needed); a side whose basis does not change has ``v = 0``.
     """
     vu, alpha_u, vv, alpha_v = gauges
     change = [v is not None and sd.extend for sd, v in zip(sides, (vu, vv), strict=True)]
     if not any(change) and roots[0] is None:  # gbar in span U and span V: only S changes
-        _direction_only(P, out)
-        return None
+        return None, _direction_only(P, out)
     coefs = _write_coefficients(P, sides, change, ((vu, alpha_u), (vv, alpha_v)), roots)
     Vm, Mm, hcol, inv_hs, Bm = coefs
     W1 = alloc((2 * P.r, P.d))
@@ -750,30 +777,38 @@ def _pass_write(
         hcol = P.xp.concat([hcol, P.xp.asarray([coef_g], dtype=P.dt, device=P.dev)])
     if P.jit is not None and H is None and Bm is None:
         if fused:
-            P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root)
-            return W1
+            return W1, P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root)
         if out.sym is None:
             P.jit.write(P.W, W1, out.p, Vm, Mm, hcol, out.inv_s)
-            return W1
+            return W1, math.nan
     E = P.scratch(3 if fused else 2) if H is None else H
+    pp = 0.0
     for a, b in P.wblocks:
         _write_block(P, W1, E, (Vm, Mm, hcol, inv_hs, Bm), sides, H, A1, out.p, a, b)
         if out.sym is None:
             P.ops.scale_into(out.p, (slice(a, b),), out.inv_s)
-        elif fused:
+            continue
+        if fused:
             P.ops.axpy_into(out.p, (slice(a, b),), P.inv_root, P.gblock(a, b), E[2, : b - a])
         else:
             _symmetric_into(P, out.p, a, b, out.sym)
-    return W1
+        pb = out.p[a:b]
+        pp += float(pb @ pb)
+    return W1, (pp if out.sym is not None else math.nan)
 
 
-def _direction_only(P: _Passes, out: _Outputs) -> None:
-    """The direction when neither basis changes (no factor is written)."""
+def _direction_only(P: _Passes, out: _Outputs) -> float:
+    """The direction when neither basis changes (no factor is written); ``|p|^2`` of the
+    symmetric direction (``nan`` for the published one)."""
     if out.sym is None:
         P.ops.scale_into(out.p, (slice(0, P.d),), out.inv_s)
-    else:
-        for a, b in P.wblocks:
-            _symmetric_into(P, out.p, a, b, out.sym)
+        return math.nan
+    pp = 0.0
+    for a, b in P.wblocks:
+        _symmetric_into(P, out.p, a, b, out.sym)
+        pb = out.p[a:b]
+        pp += float(pb @ pb)
+    return pp
 
 
 def _write_coefficients(

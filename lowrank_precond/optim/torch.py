@@ -661,13 +661,16 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
                 grads = [p.grad for p in slot.params]
                 if all(g is None for g in grads):
                     continue
-                g = torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                        for p, g in zip(slot.params, grads, strict=True)
-                    ]
-                )
-                fresh = True
+                if len(grads) == 1:  # a view, not a copy (torch.cat always copies)
+                    g, fresh = grads[0].reshape(-1), False
+                else:
+                    g = torch.cat(
+                        [
+                            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                            for p, g in zip(slot.params, grads, strict=True)
+                        ]
+                    )
+                    fresh = True
                 targets = [(p, i) for i, p in enumerate(slot.params) if p.grad is not None]
                 blocks: list[int] | None = [p.numel() for p in slot.params]
             else:
@@ -859,10 +862,15 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             written.append(direction)
             names = _field_names(type(new))
             record = {n: getattr(new, n) for n in names}
+            verified = getattr(new, "verified_fields", tuple)()  # finite by the step itself
             for n in names:
                 v = record[n]
                 if isinstance(v, torch.Tensor):
-                    if v.is_floating_point() and (old is None or v is not old.get(n)):
+                    if (
+                        v.is_floating_point()
+                        and n not in verified
+                        and (old is None or v is not old.get(n))
+                    ):
                         written.append(v)
                 elif isinstance(v, float) and not math.isfinite(v):
                     plan.overflowed.append(n)

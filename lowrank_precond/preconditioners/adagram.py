@@ -140,6 +140,17 @@ class AdaGramState:
             data.setdefault("last_ratio", data.pop("last_rho"))
         return data
 
+    def verified_fields(self) -> tuple[str, ...]:
+        """The array fields that the step which made this state verified finite itself.
+
+        The fused step certifies ``U``, ``S``, ``V``: its passes propagate any NaN or inf of
+        its inputs into the small quantities it checks, and its outputs are bounded
+        combinations of finite ones (:ref:`theory-streamed-ksl`). Wrappers that check every
+        new state (the ``torch.optim`` classes) skip these fields, which saves a read of the
+        whole ``d x 2r`` state per step.
+        """
+        return ("U", "S", "V") if self.last_impl == "fused" else ()
+
     @property
     def truncated(self) -> bool:
         """True once ``M`` is held as ``U S V^T`` (after the warm-up of ``rank`` steps)."""
@@ -284,10 +295,7 @@ def _fused(
     new = res.lowrank
     fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
     fields.update(_counters(state, gnorm, res.nu, eps), last_impl="fused")
-    p = res.direction
-    if direction == "symmetric":  # its exact length, as in _View.own
-        p = _with_norm(p, res.nu / res.s)
-    return fields, p
+    return fields, res.direction  # the symmetric one at its exact length, as in _View.own
 
 
 def _advance(

@@ -318,6 +318,9 @@ def test_symmetric_direction_matches_dense(xp, rng):
         assert out is not None
         ref = dense_symmetric(U, S, V, g, eps)
         assert rel(xp.to_numpy(out.direction), ref) < 1e-10
+        # returned at its exact length nu / s (= |G^{-1/2} g|)
+        length = float(np.linalg.norm(xp.to_numpy(out.direction)))
+        assert abs(length - out.nu / out.s) <= 1e-14 * out.nu / out.s
         Y1, _ = dense_step(U, S, V, g, eps)  # the factor step is the same as for published
         assert rel(dense(xp, out.lowrank), Y1) < 1e-10
 

@@ -47,7 +47,12 @@ def _assert_unchanged(opt, params, snap):
     for k, s in opt.state.items():
         for n, v in s.items():
             old = state[id(k)][n]
-            assert torch.equal(v, old) if torch.is_tensor(v) else v == old, n
+            if torch.is_tensor(v):  # equal entry for entry, a NaN equal to a NaN
+                assert v.shape == old.shape and torch.allclose(
+                    v, old, rtol=0, atol=0, equal_nan=True
+                ), n
+            else:
+                assert v == old, n
 
 
 def test_direction_overflowing_the_half_parameter_raises_and_changes_nothing():
@@ -190,3 +195,58 @@ def test_one_host_sync_per_step(monkeypatch):
         syncs.clear()
         opt.step()
         assert syncs == ["tolist"]
+
+
+@pytest.mark.parametrize("direction", ["published", "symmetric"])
+def test_nan_in_a_fused_state_is_caught_though_fused_steps_skip_their_check(direction):
+    """The fused AdaGram step certifies its own U, S, V (``verified_fields``), so ``step()``
+    does not re-read them; a NaN already in the state must still never pass: the fused step
+    declines on it (it reaches V^T g or |gbar|^2), and the reference step's output is checked."""
+    torch.manual_seed(0)
+    p = torch.zeros(300, dtype=torch.float64, requires_grad=True)
+    opt = AdaGram([p], lr=0.1, rank=3, direction=direction)
+    for _ in range(20):
+        p.grad = torch.randn(300, dtype=torch.float64)
+        opt.step()
+        if opt.state[p]["last_impl"] == "fused":
+            break
+    state = opt.state[p]
+    assert state["last_impl"] == "fused"
+    assert state["state_type"] == "AdaGramState"
+    for field in ("U", "V", "S"):
+        snap_field = state[field].clone()
+        state[field][0, 0] = math.nan
+        snap = _snapshot(opt, [p])
+        p.grad = torch.randn(300, dtype=torch.float64)
+        # (the reference step reports the NaN it meets as an overflowing gbar: ValueError)
+        with pytest.raises((FloatingPointError, ValueError)):
+            opt.step()
+        _assert_unchanged(opt, [p], snap)
+        state[field].copy_(snap_field)
+    opt.step()  # and the repaired state steps on
+    assert torch.isfinite(p).all()
+
+
+def test_step_rereads_only_what_the_step_did_not_verify(monkeypatch):
+    """A fused AdaGram step's U, V are not read again by ``step()`` (a read of the whole
+    state); a reference step's are."""
+    seen = []
+    original = optim_torch._finite_flags
+
+    def spy(tensors):
+        seen.append([t.data_ptr() for t in tensors])
+        return original(tensors)
+
+    monkeypatch.setattr(optim_torch, "_finite_flags", spy)
+    torch.manual_seed(0)
+    for impl, checked in (("fused", False), ("reference", True)):
+        p = torch.zeros(300, dtype=torch.float64, requires_grad=True)
+        opt = AdaGram([p], lr=0.1, rank=3, direction="published", impl=impl)
+        for _ in range(6):
+            p.grad = torch.randn(300, dtype=torch.float64)
+            seen.clear()
+            opt.step()
+        state = opt.state[p]
+        assert state["last_impl"] == impl
+        ptrs = {state["U"].data_ptr(), state["V"].data_ptr()}
+        assert bool(ptrs & set(seen[-1])) is checked
