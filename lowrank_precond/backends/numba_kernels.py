@@ -1,4 +1,4 @@
-"""Compiled passes of the fused KSL step (optional: needs ``numba``, the ``fast`` extra).
+"""Compiled passes of the fused KSL and sketch steps (optional: ``numba``, the ``fast`` extra).
 
 The row-blocked passes of :mod:`lowrank_precond.linalg.streaming` run NumPy calls on blocks
 of rows (:mod:`lowrank_precond.backends.numpy_kernels`): a few calls and sweeps per block, each
@@ -37,7 +37,16 @@ try:  # optional: the ``fast`` extra
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
-__all__ = ["AVAILABLE", "MAX_RANK", "MIN_ROWS", "SUM_ROWS", "KslKernels", "ksl_kernels"]
+__all__ = [
+    "AVAILABLE",
+    "MAX_RANK",
+    "MIN_ROWS",
+    "SUM_ROWS",
+    "KslKernels",
+    "SketchKernels",
+    "ksl_kernels",
+    "sketch_kernels",
+]
 
 #: whether ``numba`` is importable
 AVAILABLE = numba is not None
@@ -250,3 +259,73 @@ def _compile(r: int) -> KslKernels:  # noqa: C901 - one closure per pass, consta
         return pp
 
     return KslKernels(r, project, project_sym, gbar, gbar_sym, write, write_sym)
+
+
+@dataclass(frozen=True)
+class SketchKernels:
+    """The compiled passes of the fused Frequent-Directions step for a sketch of ``k``
+    columns of which ``keep`` stay (arrays: ``Ut`` the ``(k, d)`` sketch basis, rows).
+
+    Attributes
+    ----------
+    project : callable
+        ``project(Ut, g) -> (c, gg)``: ``c = U^T g`` (float64, ``(k,)``), ``gg = |g|^2``.
+    write : callable
+        ``write(Ut, g, W1, p, wt, negA, cv, inv_sb)``: ``W1 = wt g^T - negA Ut`` (``(keep,
+        d)``) and ``p = inv_sb g + W1^T cv``.
+    """
+
+    k: int
+    keep: int
+    project: Any
+    write: Any
+
+
+@functools.cache
+def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
+    """The compiled sketch passes for ``k`` columns keeping ``keep``, or ``None`` (no
+    ``numba``, or ``k > MAX_RANK``). Compilation is lazy."""
+    if not AVAILABLE or not 1 <= k <= MAX_RANK or not 1 <= keep <= k + 1:
+        return None
+    return _compile_sketch(k, keep)
+
+
+def _compile_sketch(k: int, keep: int) -> SketchKernels:
+    import numpy as np
+
+    nb = SUM_ROWS
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=False)
+
+    @jit
+    def project(Ut, g):
+        d = Ut.shape[1]
+        c = np.zeros(k)
+        part = np.zeros(k)
+        gg = 0.0
+        for a in range(0, d, nb):
+            part[:] = 0.0
+            s = 0.0
+            for i in range(a, min(a + nb, d)):
+                gi = np.float64(g[i])
+                s += gi * gi
+                for m in range(k):
+                    part[m] += Ut[m, i] * gi
+            c += part
+            gg += s
+        return c, gg
+
+    @jit
+    def write(Ut, g, W1, p, wt, negA, cv, inv_sb):
+        d = Ut.shape[1]
+        for i in range(d):
+            gi = g[i]
+            pi = inv_sb * gi
+            for j in range(keep):
+                x = wt[j] * gi
+                for m in range(k):
+                    x -= negA[j, m] * Ut[m, i]
+                W1[j, i] = x
+                pi += cv[j] * W1[j, i]
+            p[i] = pi
+
+    return SketchKernels(k, keep, project, write)

@@ -46,7 +46,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, core_dtype, device_of
+from lowrank_precond.backends import array_namespace, core_dtype, device_of, numba_kernels
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
 from lowrank_precond.linalg.sketch import (
@@ -58,6 +58,7 @@ from lowrank_precond.linalg.sketch import (
 )
 from lowrank_precond.linalg.streaming import (
     EXTEND_MIN,
+    _finite,
     _row_blocks,
     _safe_range,
 )
@@ -270,6 +271,8 @@ class _Passes:
             self.Ut = _row_copy(ops, U)
         self.blocks = _row_blocks(d, k, U.dtype, xp, write=False)
         self.wblocks = _row_blocks(d, k, U.dtype, xp, write=True)
+        #: compiled passes are used from ``numba_kernels.MIN_ROWS`` rows
+        self.compiled = d >= numba_kernels.MIN_ROWS
 
 
 def _host_step(
@@ -298,6 +301,8 @@ def _host_step(
         return Declined("gradient", f"|g|^2 = {gg:.3g} is zero, non-finite or out of range")
     beta, c2, H = _residual(P, c1, c1c, gg, csq)
     core = _core(P, rho, sig2, c1c, c2, beta, gg, eps, shrink, scales)
+    if not _finite(xp, core.sig2, core.rho, core.wt, core.negA, core.cv, core.inv_sb):
+        return Declined("geometry", "the step's small matrices are not finite")
     W1, p = _pass_write(P, core, c1, c2, H, alloc)
     return W1.T, xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt)), p
 
@@ -305,6 +310,10 @@ def _host_step(
 def _pass_project(P: _Passes, gram: bool) -> tuple[Any, float, Any]:
     """Pass 1: ``(U^T g, |g|^2, U^T U or None)`` in one pass over ``U`` and ``g``."""
     xp, Ut = P.xp, P.Ut
+    jit = numba_kernels.sketch_kernels(P.k, P.k) if P.compiled and not gram else None
+    if jit is not None:
+        c, gg = jit.project(Ut, P.g)
+        return xp.astype(c, Ut.dtype), gg, None
     c = xp.zeros((P.k,), dtype=Ut.dtype, device=device_of(Ut))
     K = None
     gg = 0.0
@@ -389,8 +398,13 @@ def _core(
 def _pass_write(P: _Passes, core: _Core, c1: Any, c2: Any, H: Any, alloc: Any) -> tuple[Any, Any]:
     """Pass 2: ``U_new`` (one ``(keep, d)`` buffer) and ``p = g / sqrt(base) + U_new cv``."""
     ops = P.ops
-    W1 = alloc((int(core.wt.shape[0]), P.d))
+    keep = int(core.wt.shape[0])
+    W1 = alloc((keep, P.d))
     p = alloc((P.d,))
+    jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
+    if jit is not None:
+        jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
+        return W1, p
     for a, b in P.wblocks:
         rows = (slice(None), slice(a, b))
         Fb = P.Ut[:, a:b]

@@ -80,6 +80,16 @@ class SketchedAdaGradState:
     rho: Any
     last_impl: str = field(default="reference", kw_only=True)
 
+    def verified_fields(self) -> tuple[str, ...]:
+        """The array fields that the step which made this state verified finite itself.
+
+        The fused step certifies ``U``, ``sig2``, ``rho``: a NaN or inf in them or in ``g``
+        reaches ``U^T g``, ``|g|^2`` or the small core, which it checks, and its outputs are
+        bounded combinations of finite ones. Wrappers that check every new state (the
+        ``torch.optim`` classes) skip these fields: a read of the ``d x k`` sketch per step.
+        """
+        return ("U", "sig2", "rho") if self.last_impl == "fused" else ()
+
     @property
     def sketch(self) -> GramSketch:
         """The stored sum (or EMA, ``b2 > 0``, not bias-corrected) as a ``GramSketch``."""

@@ -17,6 +17,8 @@ from lowrank_precond.linalg.streaming_sketch import (
     try_fd_sketch_step,
 )
 
+pytestmark = pytest.mark.usefixtures("pass_kernels")  # every test with both pass kernels
+
 
 def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
@@ -199,3 +201,28 @@ def test_float32_close_to_float64(rng):
         assert rel(b.astype(np.float64), a) < 1e-4
     U = s32.U.astype(np.float64)
     assert np.abs(U.T @ U - np.eye(r)).max() < 2e-5
+
+
+def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
+    """The compiled sketch passes (partial sums per ``SUM_ROWS`` rows) against the NumPy
+    blocks at a ``d`` spanning several partial sums, over a run of steps."""
+    from lowrank_precond.backends import numba_kernels
+
+    if not numba_kernels.AVAILABLE:
+        pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
+    d, k = 5 * numba_kernels.SUM_ROWS + 17, 4
+    start = random_sketch(rng, d, k)
+    grads = [rng.standard_normal(d) for _ in range(12)]
+    runs = []
+    for min_rows in (0, 1 << 62):
+        monkeypatch.setattr(numba_kernels, "MIN_ROWS", min_rows)
+        sk, ps = start, []
+        for g in grads:
+            out = try_fd_sketch_step(sk, g, 0.1)
+            assert not isinstance(out, Declined), out
+            sk = out.sketch
+            ps.append(out.direction)
+        runs.append(((sk.U * sk.sig2) @ sk.U.T, float(sk.rho), np.array(ps)))
+    (A, ra, pa), (B, rb, pb) = runs
+    assert rel(A, B) < 1e-13 and abs(ra - rb) <= 1e-13 * rb
+    assert rel(pa, pb) < 1e-13
