@@ -158,3 +158,51 @@ def test_run_checks_every_size_before_timing_any(monkeypatch):
         run(dims=[100], methods=["adagrad"], repeat=0)
     with pytest.raises(ValueError, match="dims"):
         run(dims=[10**13], methods=["adagrad"])
+
+
+def test_each_ratio_uses_the_floor_of_the_state_dtype():
+    """A float32 parameter with float64 factors (the default) is compared with the float64
+    floor; with float32 factors, with the float32 floor (both measured in the cell)."""
+    rows = run(
+        dims=[400],
+        ranks=[2],
+        dtypes=["float32"],
+        methods=["adagram ksl published", "adagram ksl published float32 factors", "adagrad"],
+        repeat=2,
+    )
+    by = {r.method: r for r in rows}
+    assert by["adagram ksl published"].state_dtype == "float64"
+    assert by["adagram ksl published float32 factors"].state_dtype == "float32"
+    assert by["adagrad"].state_dtype == "float32"
+    assert by["adagrad"].floor_ms == by["adagram ksl published float32 factors"].floor_ms
+    for r in rows:
+        assert r.dtype == "float32" and r.timed == "update"
+        assert r.ratio_floor == pytest.approx(r.ms / r.floor_ms)
+
+
+def test_published_rows_time_the_published_direction():
+    specs = {s.label: s for s in METHOD_SPECS}
+    for label, spec in specs.items():
+        if "published" in label:
+            assert spec.kwargs["direction"] == "published", label
+        if "symmetric" in label:
+            assert spec.kwargs["direction"] == "symmetric", label
+
+
+def test_torch_backend_also_times_the_optimizer_step():
+    pytest.importorskip("torch", reason="torch not installed: pip install 'lowrank-precond[torch]'")
+    rows = run(
+        backend="torch",
+        dims=[300],
+        ranks=[2],
+        methods=["adagrad", "sketched_adagrad"],
+        repeat=1,
+    )
+    kinds = {(r.method, r.timed) for r in rows}
+    assert kinds == {
+        (m, t) for m in ("adagrad", "sketched_adagrad") for t in ("update", "optimizer.step")
+    }
+    for r in rows:
+        assert r.state_dtype == "float64" and r.ms > 0 and r.floor_ms > 0
+        base = next(b for b in rows if b.method == "adagrad" and b.timed == r.timed)
+        assert r.ratio_adagrad == pytest.approx(r.ms / base.ms)

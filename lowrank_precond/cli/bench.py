@@ -2,7 +2,12 @@
 
 For each dimension ``d`` (and rank ``r``, dtype) the floor is measured in the same run: the
 time to read and write ``U`` and ``V`` (``d x r`` each) once, as an in-place copy into
-preallocated arrays (``U2[...] = U; V2[...] = V``). Copying into fresh arrays instead
+preallocated arrays (``U2[...] = U; V2[...] = V``), in the dtype of the method's *state*
+(its factors): a float32 parameter whose factors are float64 (the default, see
+``factor_dtype``) is compared with the float64 floor, since that is the memory it moves.
+On the torch backend each method is also timed as a ``torch.optim`` step
+(``optimizer.step()``: the gradient check, the update and the parameter write), beside its
+``update``. Copying into fresh arrays instead
 (``U * 1.0``) also times the kernel's zero-filling of new pages, which is not bandwidth,
 varied between runs by 50 % here, and would flatter any step that reuses its buffers. A
 rank-r method cannot do its step in less; the ratio ``step / floor`` says how close to that
@@ -15,6 +20,7 @@ its table or ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -41,22 +47,57 @@ class MethodSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     uses_rank: bool = True
     max_dim: int | None = None  # skipped above this d (the dense baseline)
+    torch_class: str | None = None  # the torch.optim class timed on the torch backend
 
 
 #: the methods ``bench`` times by default, in table order
 METHOD_SPECS: tuple[MethodSpec, ...] = (
-    MethodSpec("adagrad", "adagrad", uses_rank=False),
-    MethodSpec("adam", "adam", uses_rank=False),
-    MethodSpec("adagram ksl published", "adagram", {"integrator": "projector_splitting"}),
+    MethodSpec("adagrad", "adagrad", uses_rank=False, torch_class="AdaGrad"),
+    MethodSpec("adam", "adam", uses_rank=False, torch_class="Adam"),
+    MethodSpec(
+        "adagram ksl published",
+        "adagram",
+        {"integrator": "projector_splitting", "direction": "published"},
+        torch_class="AdaGram",
+    ),
     MethodSpec(
         "adagram ksl symmetric",
         "adagram",
         {"integrator": "projector_splitting", "direction": "symmetric"},
+        torch_class="AdaGram",
     ),
-    MethodSpec("adagram svd published", "adagram", {"integrator": "truncated_svd"}),
-    MethodSpec("adagram bug published", "adagram", {"integrator": "basis_update_galerkin"}),
-    MethodSpec("sketched_adagrad", "sketched_adagrad"),
-    MethodSpec("full_matrix_adagrad", "full_matrix_adagrad", uses_rank=False, max_dim=2000),
+    MethodSpec(
+        "adagram ksl published float32 factors",
+        "adagram",
+        {"integrator": "projector_splitting", "direction": "published", "factor_dtype": "float32"},
+        torch_class="AdaGram",
+    ),
+    MethodSpec(
+        "adagram svd published",
+        "adagram",
+        {"integrator": "truncated_svd", "direction": "published"},
+        torch_class="AdaGram",
+    ),
+    MethodSpec(
+        "adagram bug published",
+        "adagram",
+        {"integrator": "basis_update_galerkin", "direction": "published"},
+        torch_class="AdaGram",
+    ),
+    MethodSpec("sketched_adagrad", "sketched_adagrad", torch_class="SketchedAdaGrad"),
+    MethodSpec(
+        "sketched_adagrad float32 factors",
+        "sketched_adagrad",
+        {"factor_dtype": "float32"},
+        torch_class="SketchedAdaGrad",
+    ),
+    MethodSpec(
+        "full_matrix_adagrad",
+        "full_matrix_adagrad",
+        uses_rank=False,
+        max_dim=2000,
+        torch_class="FullMatrixAdaGrad",
+    ),
 )
 
 
@@ -74,6 +115,10 @@ class BenchRow:
     floor_ms: float
     ratio_floor: float
     ratio_adagrad: float | None
+    #: the dtype of the method's state (its factors), whose floor ``floor_ms`` is
+    state_dtype: str = ""
+    #: ``"update"`` (the preconditioner's) or ``"optimizer.step"`` (the torch class's)
+    timed: str = "update"
 
 
 def measure(fn: Callable[[], Any], *, repeat: int, sync: Any = None) -> float:
@@ -201,15 +246,27 @@ def _gradients(xp: Any, d: int, count: int, dtype: Any, device: Any, seed: int) 
     return [xp.asarray(rng.standard_normal(d), dtype=dtype, device=device) for _ in range(count)]
 
 
+def _state_dtype(values: Any) -> str:
+    """The dtype name of the largest floating array among a state's ``values`` (the factors
+    of a rank-r method, the moments of a diagonal one): the memory a step moves."""
+    size, name = -1, ""
+    for v in values:
+        dt = str(getattr(v, "dtype", "")).rsplit(".", 1)[-1]
+        if dt in DTYPES and math.prod(v.shape) > size:
+            size, name = math.prod(v.shape), dt
+    return name
+
+
 def _time_method(
     spec: MethodSpec,
     rank: int,
     pool: list[Any],
-    floor: Callable[[], Any],
+    floor_for: Callable[[str], Callable[[], Any]],
     repeat: int,
     stream: str,
-) -> tuple[float, float]:
-    """``(best step, best floor)`` in seconds, the floor timed between the steps.
+) -> tuple[float, float, str]:
+    """``(best update, best floor, state dtype)`` in seconds, the floor of the state's dtype
+    timed between the updates.
 
     The method is warmed up past its exact phase (``rank + 3`` updates) so that the rank-r
     (truncating) step is what is timed. ``stream="distinct"`` feeds every update a new
@@ -225,16 +282,58 @@ def _time_method(
     for i in range(rank + 3):
         _, state = pre.update(pool[i % cycle], state)
     box = {"state": state, "i": rank + 3}
+    state_dtype = _state_dtype(getattr(state, f.name) for f in dataclasses.fields(state))
 
     def step() -> Any:
         direction, box["state"] = pre.update(pool[box["i"] % cycle], box["state"])
         box["i"] += 1
         return direction
 
+    return (*_interleaved(step, floor_for(state_dtype), repeat, pool[0]), state_dtype)
+
+
+def _time_optimizer_step(
+    spec: MethodSpec,
+    rank: int,
+    pool: list[Any],
+    floor_for: Callable[[str], Callable[[], Any]],
+    repeat: int,
+    stream: str,
+) -> tuple[float, float, str]:
+    """As :func:`_time_method`, for ``optimizer.step()`` of the method's torch class on one
+    parameter tensor of ``d`` entries (its gradient set before each step, untimed)."""
+    import torch
+
+    import lowrank_precond.torch as lpt
+
+    kwargs = dict(spec.kwargs)
+    if spec.uses_rank:
+        kwargs["rank"] = rank
+    p = torch.zeros_like(pool[0], requires_grad=True)
+    opt = getattr(lpt, spec.torch_class)([p], lr=1e-6, **kwargs)
+    cycle = 4 if stream == "repeated" else len(pool)
+    box = {"i": 0}
+
+    def step() -> None:
+        p.grad = pool[box["i"] % cycle]
+        box["i"] += 1
+        opt.step()
+
+    for _ in range(rank + 3):
+        step()
+    state_dtype = _state_dtype(opt.state[p].values())
+    return (*_interleaved(step, floor_for(state_dtype), repeat, pool[0]), state_dtype)
+
+
+def _interleaved(
+    step: Callable[[], Any], floor: Callable[[], Any], repeat: int, like: Any
+) -> tuple[float, float]:
+    """``(best step, best floor)`` over ``repeat`` rounds, each timing the floor then the step
+    (interleaved: both see the same machine load)."""
     best_step = best_floor = float("inf")
     for _ in range(repeat):
-        best_floor = min(best_floor, measure(floor, repeat=1, sync=pool[0]))
-        best_step = min(best_step, measure(step, repeat=1, sync=pool[0]))
+        best_floor = min(best_floor, measure(floor, repeat=1, sync=like))
+        best_step = min(best_step, measure(step, repeat=1, sync=like))
     return best_step, best_floor
 
 
@@ -301,36 +400,51 @@ def run(
     if stream not in ("distinct", "repeated"):
         raise ValueError(f"stream: expected 'distinct' or 'repeated', got {stream!r}")
     jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
+    kinds = [("update", _time_method)]
+    if backend == "torch":
+        kinds.append(("optimizer.step", _time_optimizer_step))
     rows: list[BenchRow] = []
     for dtype_name, d, rank in tqdm(jobs, disable=not progress, desc="bench", unit="size"):
-        dtype = getattr(xp, dtype_name)
-        floor_fn = _floor_fn(xp, d, rank, dtype, device)
-        pool = _gradients(xp, d, rank + 3 + max(repeat, 4), dtype, device, seed)
-        times: dict[str, float] = {}
-        floor = float("inf")
-        for spec in specs:
-            if spec.max_dim is not None and d > spec.max_dim:
-                continue
-            sec, fl = _time_method(spec, rank, pool, floor_fn, repeat, stream)
-            times[spec.label] = sec
-            floor = min(floor, fl)
-        del pool
-        base = times.get("adagrad")
-        for label, sec in times.items():
-            rows.append(
-                BenchRow(
-                    backend=backend,
-                    device=str(device or "default"),
-                    dtype=dtype_name,
-                    d=d,
-                    rank=rank,
-                    method=label,
-                    ms=sec * 1e3,
-                    floor_ms=floor * 1e3,
-                    ratio_floor=sec / floor,
-                    ratio_adagrad=None if base is None else sec / base,
+        floors: dict[str, Callable[[], Any]] = {}
+
+        def floor_for(
+            name: str, d: int = d, rank: int = rank, floors: dict[str, Any] = floors
+        ) -> Callable[[], Any]:
+            if name not in floors:  # the floor of the state's dtype, built once per cell
+                floors[name] = _floor_fn(xp, d, rank, getattr(xp, name), device)
+            return floors[name]
+
+        pool = _gradients(xp, d, rank + 3 + max(repeat, 4), getattr(xp, dtype_name), device, seed)
+        for timed, fn in kinds:
+            times: dict[str, tuple[float, float, str]] = {}
+            for spec in specs:
+                if spec.max_dim is not None and d > spec.max_dim:
+                    continue
+                times[spec.label] = fn(spec, rank, pool, floor_for, repeat, stream)
+            # each floor: the best seen in this cell for that dtype
+            best_floor: dict[str, float] = {}
+            for _, fl, dt in times.values():
+                best_floor[dt] = min(best_floor.get(dt, math.inf), fl)
+            base = times.get("adagrad")
+            for label, (sec, _, dt) in times.items():
+                floor = best_floor[dt]
+                rows.append(
+                    BenchRow(
+                        backend=backend,
+                        device=str(device or "default"),
+                        dtype=dtype_name,
+                        d=d,
+                        rank=rank,
+                        method=label,
+                        ms=sec * 1e3,
+                        floor_ms=floor * 1e3,
+                        ratio_floor=sec / floor,
+                        ratio_adagrad=None if base is None else sec / base[0],
+                        state_dtype=dt,
+                        timed=timed,
+                    )
                 )
-            )
+        del pool
     return rows
 
 
@@ -447,19 +561,21 @@ def run_cli(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     header = (
-        f"{'backend':<8} {'dtype':<8} {'d':>9} {'r':>3} {'method':<24} {'ms/step':>9} "
-        f"{'floor ms':>9} {'x floor':>8} {'x adagrad':>9}"
+        f"{'backend':<8} {'dtype':<8} {'state':<8} {'d':>9} {'r':>3} {'method':<38} "
+        f"{'timed':<14} {'ms/step':>9} {'floor ms':>9} {'x floor':>8} {'x adagrad':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         adag = "" if r.ratio_adagrad is None else f"{r.ratio_adagrad:9.2f}"
         print(
-            f"{r.backend:<8} {r.dtype:<8} {r.d:>9} {r.rank:>3} {r.method:<24} {r.ms:9.3f} "
-            f"{r.floor_ms:9.3f} {r.ratio_floor:8.2f} {adag:>9}"
+            f"{r.backend:<8} {r.dtype:<8} {r.state_dtype:<8} {r.d:>9} {r.rank:>3} "
+            f"{r.method:<38} {r.timed:<14} {r.ms:9.3f} {r.floor_ms:9.3f} {r.ratio_floor:8.2f} "
+            f"{adag:>9}"
         )
     print(
-        "floor = read + write U and V (d x r each) once, in place, timed between the steps of "
-        f"this run; best of {args.repeat} calls; gradients: {args.stream}"
+        "floor = read + write U and V (d x r each) once, in place, in the dtype of the "
+        "method's state, timed between the steps of this run; best of "
+        f"{args.repeat} calls; gradients: {args.stream}"
     )
     return 0
