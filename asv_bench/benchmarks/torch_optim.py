@@ -60,3 +60,31 @@ class Step:
         self.i += 1
         self.opt.step()
         self.sync()
+
+
+class StepOverFloor:
+    """``optimizer.step()`` over the in-place floor of its state's dtype, each measured in
+    interleaved rounds in one process (``lowrank_precond.cli.bench``): a ratio that means
+    something even from one asv sample, unlike two separately timed cells."""
+
+    params = [
+        ["adagram ksl published", "adagram ksl symmetric", "sketched_adagrad"],
+        [100_000] if SMOKE else [100_000, 1_000_000],
+        ["float64"] if SMOKE else DTYPES,
+    ]
+    param_names = ["method", "d", "dtype"]
+    timeout = 300
+    number = 1
+    repeat = 1
+
+    def setup(self, method, d, dtype):
+        namespace("torch-cpu")  # skips where torch is missing
+
+    def track_step_over_floor(self, method, d, dtype):
+        from lowrank_precond.cli.bench import run
+
+        rows = run(backend="torch", dims=[d], ranks=[5], dtypes=[dtype], methods=[method], repeat=7)
+        (row,) = [r for r in rows if r.timed == "optimizer.step"]
+        return row.ratio_floor
+
+    track_step_over_floor.unit = "x floor"
