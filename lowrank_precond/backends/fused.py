@@ -56,7 +56,8 @@ class Declined:
         NumPy cannot view, e.g. with the negative bit set), ``"gradient"`` (zero, non-finite,
         or a norm outside the dtype's safe range), ``"drift"`` (the factors lost
         orthonormality beyond the refresh limit), ``"geometry"`` (a near-degenerate
-        configuration that the reference path decides).
+        configuration that the reference path decides, or small matrices that are not finite),
+        ``"caller"`` (the caller's own check refused the step before anything was written).
     reason : str
         One sentence for people.
 

@@ -29,6 +29,8 @@ True
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,164 +103,10 @@ def ksl_kernels(r: int) -> KslKernels | None:
     """
     if not AVAILABLE or not 1 <= r <= MAX_RANK:
         return None
-    return _compile(r)
-
-
-def _compile(r: int) -> KslKernels:  # noqa: C901 - one closure per pass, constant r
-    import numpy as np
-
-    k2 = 2 * r
-    nb = SUM_ROWS
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=False)
-
-    @jit
-    def project(W, g):
-        d = W.shape[1]
-        c1 = np.zeros(r)
-        part = np.zeros(r)
-        gg = 0.0
-        for a in range(0, d, nb):
-            part[:] = 0.0
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                gi = np.float64(g[i])
-                s += gi * gi
-                for k in range(r):
-                    part[k] += W[r + k, i] * gi
-            c1 += part
-            gg += s
-        return c1, gg
-
-    @jit
-    def project_sym(W, g):
-        d = W.shape[1]
-        c1 = np.zeros(r)
-        part = np.zeros(r)
-        C = np.zeros((r, r))
-        partC = np.zeros((r, r))
-        gg = 0.0
-        for a in range(0, d, nb):
-            part[:] = 0.0
-            partC[:, :] = 0.0
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                gi = np.float64(g[i])
-                s += gi * gi
-                for k in range(r):
-                    vk = np.float64(W[r + k, i])
-                    part[k] += vk * gi
-                    for j in range(r):
-                        partC[j, k] += W[j, i] * vk
-            c1 += part
-            C += partC
-            gg += s
-        return c1, gg, C
-
-    @jit
-    def gbar(W, g, t, inv_root, p):
-        d = W.shape[1]
-        av = np.zeros(k2)
-        part = np.zeros(k2)
-        n = 0.0
-        for a in range(0, d, nb):
-            part[:] = 0.0
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                x = g[i] * inv_root
-                for k in range(r):
-                    x -= t[k] * W[k, i]
-                p[i] = x
-                x = p[i]  # the stored value (rounded to p's dtype) is what later passes read
-                s += np.float64(x) * x
-                for k in range(k2):
-                    part[k] += np.float64(W[k, i]) * x
-            av += part
-            n += s
-        return av, n
-
-    @jit
-    def gbar_sym(W, g, t, inv_root, p, C):
-        d = W.shape[1]
-        av = np.zeros(k2)
-        part = np.zeros(k2)
-        GY = np.zeros((r, r))
-        partG = np.zeros((r, r))
-        yg = np.zeros(r)
-        party = np.zeros(r)
-        y = np.zeros(r)
-        n = 0.0
-        for a in range(0, d, nb):
-            part[:] = 0.0
-            partG[:, :] = 0.0
-            party[:] = 0.0
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                x = g[i] * inv_root
-                for k in range(r):
-                    x -= t[k] * W[k, i]
-                p[i] = x
-                x = np.float64(p[i])
-                s += x * x
-                for k in range(k2):
-                    part[k] += W[k, i] * x
-                for b in range(r):
-                    yb = np.float64(W[r + b, i])
-                    for j in range(r):
-                        yb -= C[j, b] * W[j, i]
-                    y[b] = yb
-                    party[b] += yb * x
-                for b in range(r):
-                    for j in range(b, r):
-                        partG[b, j] += y[b] * y[j]
-            av += part
-            GY += partG
-            yg += party
-            n += s
-        for b in range(r):
-            for j in range(b):
-                GY[b, j] = GY[j, b]
-        return av, n, GY, yg
-
-    @jit
-    def write(W, W1, p, Vm, Mm, hcol, inv_s):
-        d = W.shape[1]
-        for i in range(d):
-            gb = p[i]
-            e0 = hcol[0] * gb
-            e1 = hcol[1] * gb
-            for k in range(k2):
-                w = W[k, i]
-                e0 -= Mm[0, k] * w
-                e1 -= Mm[1, k] * w
-            for k in range(k2):
-                W1[k, i] = W[k, i] + Vm[k, 0] * e0 + Vm[k, 1] * e1
-            p[i] = gb * inv_s
-
-    @jit
-    def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):
-        d = W.shape[1]
-        pp = 0.0
-        for a in range(0, d, nb):
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                gb = p[i]
-                e0 = hcol[0] * gb
-                e1 = hcol[1] * gb
-                e2 = hcol[2] * gb
-                for k in range(k2):
-                    w = W[k, i]
-                    e0 -= Mm[0, k] * w
-                    e1 -= Mm[1, k] * w
-                    e2 -= Mm[2, k] * w
-                for k in range(k2):
-                    W1[k, i] = W[k, i] + Vm[k, 0] * e0 + Vm[k, 1] * e1
-                p[i] = inv_root * g[i] + e2
-                x = np.float64(p[i])
-                s += x * x
-            pp += s
-        return pp
-
-    return KslKernels(r, project, project_sym, gbar, gbar_sym, write, write_sym)
+    f = _compiled(f"ksl_r{r}", _ksl_source(r, SUM_ROWS))
+    return KslKernels(
+        r, f["project"], f["project_sym"], f["gbar"], f["gbar_sym"], f["write"], f["write_sym"]
+    )
 
 
 @dataclass(frozen=True)
@@ -287,45 +135,297 @@ def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
     ``numba``, or ``k > MAX_RANK``). Compilation is lazy."""
     if not AVAILABLE or not 1 <= k <= MAX_RANK or not 1 <= keep <= k + 1:
         return None
-    return _compile_sketch(k, keep)
+    f = _compiled(f"sketch_k{k}_keep{keep}", _sketch_source(k, keep, SUM_ROWS))
+    return SketchKernels(k, keep, f["project"], f["write"])
 
 
-def _compile_sketch(k: int, keep: int) -> SketchKernels:
-    import numpy as np
+# --------------------------------------------------------------------------- generated code
+#
+# Each kernel is generated for its rank: every factor row is a local 1-D array, every small
+# coefficient a local scalar and every partial sum a scalar, so that a row's arithmetic runs
+# in registers (a loop over the rank with the coefficients in arrays measured 1.5-2x slower).
+# ``fastmath`` allows contraction into FMAs and reassociation of sums only: no assumption that
+# values are finite, so a NaN or inf in the inputs still reaches the sums the steps check.
 
-    nb = SUM_ROWS
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=False)
+_FASTMATH = {"contract", "reassoc"}
 
-    @jit
-    def project(Ut, g):
-        d = Ut.shape[1]
-        c = np.zeros(k)
-        part = np.zeros(k)
-        gg = 0.0
-        for a in range(0, d, nb):
-            part[:] = 0.0
-            s = 0.0
-            for i in range(a, min(a + nb, d)):
-                gi = np.float64(g[i])
-                s += gi * gi
-                for m in range(k):
-                    part[m] += Ut[m, i] * gi
-            c += part
-            gg += s
-        return c, gg
 
-    @jit
-    def write(Ut, g, W1, p, wt, negA, cv, inv_sb):
-        d = Ut.shape[1]
-        for i in range(d):
-            gi = g[i]
-            pi = inv_sb * gi
-            for j in range(keep):
-                x = wt[j] * gi
-                for m in range(k):
-                    x -= negA[j, m] * Ut[m, i]
-                W1[j, i] = x
-                pi += cv[j] * W1[j, i]
-            p[i] = pi
+def _compiled(name: str, source: str) -> dict[str, Any]:
+    """The functions of ``source`` compiled with numba; cached on disk where possible.
 
-    return SketchKernels(k, keep, project, write)
+    The source is written once to a file named by its hash under the cache directory
+    (``$NUMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, then
+    ``lowrank_precond/kernels``), so that numba's own on-disk cache applies (a new process
+    loads the machine code instead of compiling for seconds); where no directory is
+    writable the source is compiled in memory.
+    """
+    import hashlib
+    import importlib.util
+    import os
+
+    digest = hashlib.sha1(f"{numba.__version__}\n{source}".encode()).hexdigest()[:16]
+    module = None
+    base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    base = base or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "lowrank_precond", "kernels")
+    path = os.path.join(folder, f"{name}_{digest}.py")
+    try:
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(source)
+            os.replace(tmp, path)  # atomic: concurrent processes write the same text
+        modname = f"lowrank_precond._kernels_{name}_{digest}"
+        spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module  # numba's cache finds the functions' module by name
+        spec.loader.exec_module(module)
+        namespace, cache = vars(module), True
+    except OSError:
+        namespace, cache = {}, False
+        exec(compile(source, f"<lowrank_precond {name}>", "exec"), namespace)
+    jit = numba.njit(cache=cache, nogil=True, boundscheck=False, fastmath=_FASTMATH)
+    return {key: jit(fn) for key, fn in namespace.items() if isinstance(fn, types.FunctionType)}
+
+
+def _lines(*chunks: Any) -> str:
+    """The source of a generated module: ``import numpy as np`` and the given lines."""
+    out = ["import numpy as np", ""]
+    for c in chunks:
+        if isinstance(c, str):
+            out.append(c)
+        else:
+            out.extend(c)
+    return "\n".join(out) + "\n"
+
+
+def _sum(terms: list[str]) -> str:
+    """``a + b + ...`` (``0.0`` for no terms)."""
+    return " + ".join(terms) if terms else "0.0"
+
+
+def _ksl_source(r: int, nb: int) -> str:
+    """The KSL passes of :class:`KslKernels` for rank ``r`` (partial sums per ``nb`` rows)."""
+    k2 = 2 * r
+    R, K = range(r), range(k2)
+    rows = [f"    w{k} = W[{k}]" for k in K]
+    src = []
+    # ---- project
+    src += [
+        "def project(W, g):",
+        "    d = W.shape[1]",
+        *[f"    w{r + k} = W[{r + k}]" for k in R],
+        *[f"    c{k} = 0.0" for k in R],
+        "    gg = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        *[f"        s{k} = 0.0" for k in R],
+        "        sg = 0.0",
+        "        for i in range(a, b):",
+        "            gi = np.float64(g[i])",
+        "            sg += gi * gi",
+        *[f"            s{k} += w{r + k}[i] * gi" for k in R],
+        *[f"        c{k} += s{k}" for k in R],
+        "        gg += sg",
+        f"    c = np.empty({r})",
+        *[f"    c[{k}] = c{k}" for k in R],
+        "    return c, gg",
+        "",
+    ]
+    # ---- project_sym: also C[j, k] = sum u_j v_k
+    src += [
+        "def project_sym(W, g):",
+        "    d = W.shape[1]",
+        *rows,
+        *[f"    c{k} = 0.0" for k in R],
+        *[f"    C{j}_{k} = 0.0" for j in R for k in R],
+        "    gg = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        *[f"        s{k} = 0.0" for k in R],
+        *[f"        t{j}_{k} = 0.0" for j in R for k in R],
+        "        sg = 0.0",
+        "        for i in range(a, b):",
+        "            gi = np.float64(g[i])",
+        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
+        "            sg += gi * gi",
+        *[f"            s{k} += x{r + k} * gi" for k in R],
+        *[f"            t{j}_{k} += x{j} * x{r + k}" for j in R for k in R],
+        *[f"        c{k} += s{k}" for k in R],
+        *[f"        C{j}_{k} += t{j}_{k}" for j in R for k in R],
+        "        gg += sg",
+        f"    c = np.empty({r})",
+        *[f"    c[{k}] = c{k}" for k in R],
+        f"    C = np.empty(({r}, {r}))",
+        *[f"    C[{j}, {k}] = C{j}_{k}" for j in R for k in R],
+        "    return c, gg, C",
+        "",
+    ]
+    # ---- gbar
+    src += [
+        "def gbar(W, g, t, inv_root, p):",
+        "    d = W.shape[1]",
+        *rows,
+        *[f"    t{k} = t[{k}]" for k in R],
+        *[f"    a{k} = 0.0" for k in K],
+        "    n = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        *[f"        s{k} = 0.0" for k in K],
+        "        sn = 0.0",
+        "        for i in range(a, b):",
+        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
+        "            p[i] = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
+        "            y = np.float64(p[i])",
+        "            sn += y * y",
+        *[f"            s{k} += x{k} * y" for k in K],
+        *[f"        a{k} += s{k}" for k in K],
+        "        n += sn",
+        f"    av = np.empty({k2})",
+        *[f"    av[{k}] = a{k}" for k in K],
+        "    return av, n",
+        "",
+    ]
+    # ---- gbar_sym: also Y = V - U C per row, GY = Y^T Y (upper), yg = Y^T gbar
+    up = [(b_, j) for b_ in R for j in R if j >= b_]
+    src += [
+        "def gbar_sym(W, g, t, inv_root, p, C):",
+        "    d = W.shape[1]",
+        *rows,
+        *[f"    t{k} = t[{k}]" for k in R],
+        *[f"    C{j}_{k} = C[{j}, {k}]" for j in R for k in R],
+        *[f"    a{k} = 0.0" for k in K],
+        *[f"    G{b_}_{j} = 0.0" for b_, j in up],
+        *[f"    q{k} = 0.0" for k in R],
+        "    n = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        *[f"        s{k} = 0.0" for k in K],
+        *[f"        h{b_}_{j} = 0.0" for b_, j in up],
+        *[f"        e{k} = 0.0" for k in R],
+        "        sn = 0.0",
+        "        for i in range(a, b):",
+        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
+        "            p[i] = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
+        "            y = np.float64(p[i])",
+        "            sn += y * y",
+        *[f"            s{k} += x{k} * y" for k in K],
+        *[
+            f"            y{b_} = x{r + b_} - (" + _sum([f"C{j}_{b_} * x{j}" for j in R]) + ")"
+            for b_ in R
+        ],
+        *[f"            e{b_} += y{b_} * y" for b_ in R],
+        *[f"            h{b_}_{j} += y{b_} * y{j}" for b_, j in up],
+        *[f"        a{k} += s{k}" for k in K],
+        *[f"        G{b_}_{j} += h{b_}_{j}" for b_, j in up],
+        *[f"        q{k} += e{k}" for k in R],
+        "        n += sn",
+        f"    av = np.empty({k2})",
+        *[f"    av[{k}] = a{k}" for k in K],
+        f"    GY = np.empty(({r}, {r}))",
+        *[f"    GY[{b_}, {j}] = G{b_}_{j}" for b_, j in up],
+        *[f"    GY[{j}, {b_}] = G{b_}_{j}" for b_, j in up if j != b_],
+        f"    yg = np.empty({r})",
+        *[f"    yg[{k}] = q{k}" for k in R],
+        "    return av, n, GY, yg",
+        "",
+    ]
+    # ---- write (published): Vm, Mm are block diagonal (U rows use e0, V rows e1)
+    outs = [f"    o{k} = W1[{k}]" for k in K]
+    coef = [f"    m{k} = Mm[{0 if k < r else 1}, {k}]" for k in K] + [
+        f"    v{k} = Vm[{k}, {0 if k < r else 1}]" for k in K
+    ]
+    e01 = [
+        "            e0 = h0 * gb - (" + _sum([f"m{k} * x{k}" for k in R]) + ")",
+        "            e1 = h1 * gb - (" + _sum([f"m{k} * x{k}" for k in range(r, k2)]) + ")",
+    ]
+    wr = [f"            o{k}[i] = x{k} + v{k} * e{0 if k < r else 1}" for k in K]
+    src += [
+        "def write(W, W1, p, Vm, Mm, hcol, inv_s):",
+        "    d = W.shape[1]",
+        *rows,
+        *outs,
+        *coef,
+        "    h0 = hcol[0]",
+        "    h1 = hcol[1]",
+        f"    for a in range(0, d, {nb}):",
+        "        for i in range(a, min(a + " + str(nb) + ", d)):",
+        "            gb = p[i]",
+        *[f"            x{k} = w{k}[i]" for k in K],
+        *e01,
+        *wr,
+        "            p[i] = gb * inv_s",
+        "",
+    ]
+    src += [
+        "def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):",
+        "    d = W.shape[1]",
+        *rows,
+        *outs,
+        *coef,
+        *[f"    z{k} = Mm[2, {k}]" for k in K],
+        "    h0 = hcol[0]",
+        "    h1 = hcol[1]",
+        "    h2 = hcol[2]",
+        "    pp = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        "        sp = 0.0",
+        "        for i in range(a, b):",
+        "            gb = p[i]",
+        *[f"            x{k} = w{k}[i]" for k in K],
+        *e01,
+        "            e2 = h2 * gb - (" + _sum([f"z{k} * x{k}" for k in K]) + ")",
+        *wr,
+        "            p[i] = inv_root * g[i] + e2",
+        "            y = np.float64(p[i])",
+        "            sp += y * y",
+        "        pp += sp",
+        "    return pp",
+        "",
+    ]
+    return _lines(src)
+
+
+def _sketch_source(k: int, keep: int, nb: int) -> str:
+    """The sketch passes of :class:`SketchKernels` (partial sums per ``nb`` rows)."""
+    M, J = range(k), range(keep)
+    src = [
+        "def project(Ut, g):",
+        "    d = Ut.shape[1]",
+        *[f"    u{m} = Ut[{m}]" for m in M],
+        *[f"    c{m} = 0.0" for m in M],
+        "    gg = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        f"        b = min(a + {nb}, d)",
+        *[f"        s{m} = 0.0" for m in M],
+        "        sg = 0.0",
+        "        for i in range(a, b):",
+        "            gi = np.float64(g[i])",
+        "            sg += gi * gi",
+        *[f"            s{m} += u{m}[i] * gi" for m in M],
+        *[f"        c{m} += s{m}" for m in M],
+        "        gg += sg",
+        f"    c = np.empty({k})",
+        *[f"    c[{m}] = c{m}" for m in M],
+        "    return c, gg",
+        "",
+        "def write(Ut, g, W1, p, wt, negA, cv, inv_sb):",
+        "    d = Ut.shape[1]",
+        *[f"    u{m} = Ut[{m}]" for m in M],
+        *[f"    o{j} = W1[{j}]" for j in J],
+        *[f"    w{j} = wt[{j}]" for j in J],
+        *[f"    cv{j} = cv[{j}]" for j in J],
+        *[f"    A{j}_{m} = negA[{j}, {m}]" for j in J for m in M],
+        "    for i in range(d):",
+        "        gi = g[i]",
+        *[f"        x{m} = u{m}[i]" for m in M],
+        *[
+            f"        o{j}[i] = w{j} * gi - (" + _sum([f"A{j}_{m} * x{m}" for m in M]) + ")"
+            for j in J
+        ],
+        "        p[i] = inv_sb * gi + (" + _sum([f"cv{j} * o{j}[i]" for j in J]) + ")",
+        "",
+    ]
+    return _lines(src)

@@ -304,7 +304,7 @@ def _time_optimizer_step(
     parameter tensor of ``d`` entries (its gradient set before each step, untimed)."""
     import torch
 
-    import lowrank_precond.torch as lpt
+    import lowrank_precond.optim.torch as lpt  # (cli may not import lowrank_precond.torch)
 
     kwargs = dict(spec.kwargs)
     if spec.uses_rank:

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +235,8 @@ def try_ksl_adagram_step(
     refresh: bool = False,
     direction: str = "published",
     workspace: Workspace | None = None,
+    overwrite: bool = False,
+    accept: Callable[[float, float], bool] | None = None,
 ) -> StreamedStep | Declined:
     """Fused AdaGram increment + KSL Lie--Trotter step in three passes, or why not.
 
@@ -260,6 +263,18 @@ def try_ksl_adagram_step(
         :class:`~lowrank_precond.backends.blocked.Workspace` hands back the memory of outputs
         that no object can reach any more (saves the zero-filling of fresh memory, about a
         quarter of the step at d = 1e6); by default fresh arrays.
+    overwrite : bool, keyword-only
+        Write the new ``U1``, ``V1`` into the memory of ``U`` and ``V`` when they are the
+        halves of one ``(2r, d)`` array (the layout of this function's own outputs): an
+        in-place update reads and writes one buffer instead of two (faster, and no second
+        ``d x 2r`` buffer). ``lowrank`` must not be used after a step that returns a
+        :class:`StreamedStep`; after a :class:`Declined` it is unchanged (every check runs
+        before the first write). Default ``False``: nothing is modified.
+    accept : callable, optional, keyword-only
+        ``accept(gnorm_sq, nu) -> bool``, called once every check has passed and before
+        anything is written: ``False`` declines the step (code ``"caller"``). For callers
+        that must refuse a step on what it found (e.g. an overflowing running sum) before an
+        ``overwrite`` makes it irreversible.
 
     Returns
     -------
@@ -273,8 +288,9 @@ def try_ksl_adagram_step(
         :data:`DRIFT_LIMIT` found at a refresh step (``"drift"``); near-degenerate geometry
         that the general path decides (``"geometry"``: a refresh step that also needs the
         re-orthogonalisation pass, principal angles between ``SYM_DROP`` and ``SYM_KEEP``
-        for the symmetric direction). Inputs are not validated beyond that (the caller did
-        it); nothing is modified.
+        for the symmetric direction); the caller's ``accept`` refused (``"caller"``). Inputs
+        are not validated beyond that (the caller did it); nothing is modified unless
+        ``overwrite`` and the step succeeded.
 
     Raises
     ------
@@ -325,7 +341,7 @@ def try_ksl_adagram_step(
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _host_step(kernels.ops, host, eps, refresh, direction, alloc)
+        res = _host_step(kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept)
     if isinstance(res, Declined):
         return res
     return _from_host(kernels, res, lowrank)
@@ -437,8 +453,9 @@ class _Passes:
 
 
 def _host_step(
-    ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any
-) -> _HostStep | Declined:
+    ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any,
+    overwrite: bool = False, accept: Any = None,
+) -> _HostStep | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, S, V, g)``: passes 1 and 2, the small
     algebra, pass 3."""
     U, S, V, g = host
@@ -478,7 +495,9 @@ def _host_step(
     if not _finite(xp, S1, gauges, sym, [sd.h for sd in sides]):
         return Declined("geometry", "the step's small matrices are not finite")
     out = _Outputs(red.p, 1.0 / s, sym)
-    W1, pp = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc)
+    if accept is not None and not accept(red.gg, nu):
+        return Declined("caller", "the caller's check of |g|^2 and |gbar| refused the step")
+    W1, pp = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc, overwrite)
     if sym is not None and pp > 0.0 and math.isfinite(pp):
         # the symmetric direction at its exact length |G^{-1/2} g| = |L^{-1} g| = nu / s
         ops.scale_into(red.p, (slice(0, P.d),), (nu / s) / math.sqrt(pp))
@@ -750,8 +769,9 @@ class _Outputs:
 
 
 def _pass_write(
-    P: _Passes, sides: Any, gauges: Any, roots: Any, H: Any, A1: Any, out: _Outputs, alloc: Any
-) -> tuple[Any, float]:
+    P: _Passes, sides: Any, gauges: Any, roots: Any, H: Any, A1: Any, out: _Outputs, alloc: Any,
+    overwrite: bool,
+) -> tuple[Any, float]:  # fmt: skip
     """Pass 3: ``U1 = U_o + (q - alpha U_o v) v^T``, ``V1`` likewise, and the direction.
 
     Returns ``(W1, pp)``: both factors in one ``(2r, d)`` buffer (``None`` where neither
@@ -767,7 +787,9 @@ def _pass_write(
         return None, _direction_only(P, out)
     coefs = _write_coefficients(P, sides, change, ((vu, alpha_u), (vv, alpha_v)), roots)
     Vm, Mm, hcol, inv_hs, Bm = coefs
-    W1 = alloc((2 * P.r, P.d))
+    # in place where asked, except where the direction reads [U V] after its block is written
+    in_place = overwrite and not (out.sym is not None and H is not None)
+    W1 = P.W if in_place else alloc((2 * P.r, P.d))
     # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
     # per block for both (p = g / sqrt(eps) + that row)
     fused = out.sym is not None and H is None
@@ -866,7 +888,11 @@ def _write_block(
                 sd.Ft[:, a:b],
             )  # fmt: skip
     Wb = P.W[:, a:b]
-    ops.lincomb_into(W1, (slice(None), slice(a, b)), Wb if Bm is None else Bm @ Wb, Vm, E[:2, :B])
+    rows = (slice(None), slice(a, b))
+    if W1 is P.W and Bm is None:  # in place: the base is the destination
+        ops.add_into(W1, rows, Vm @ E[:2, :B])
+    else:
+        ops.lincomb_into(W1, rows, Wb if Bm is None else Bm @ Wb, Vm, E[:2, :B])
 
 
 def _blockdiag_rows(xp: Any, rows: list[Any]) -> Any:

@@ -810,9 +810,12 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         if not plans:
             return loss
 
-        # 2. every direction and new state (pure: nothing is written yet), flags on them
-        for plan in plans:
-            self._compute(plan)
+        # 2. every direction and new state, flags on them. Pure (nothing is written yet),
+        # except that the very last update may overwrite its old state in place, once every
+        # other check of the step has passed (see _compute)
+        for i, plan in enumerate(plans):
+            earlier = [f for p in plans[:i] for f in p.flags] if i == len(plans) - 1 else None
+            self._compute(plan, earlier)
 
         # 3. one host sync for all flags; raise, or skip the groups that failed
         host = _to_host([f for plan in plans for f in plan.flags])
@@ -841,11 +844,30 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
                         p.add_(d, alpha=-lr)
         return loss
 
-    def _compute(self, plan: _Plan) -> None:
-        update = plan.entry.pre.update_unchecked
+    def _compute(self, plan: _Plan, earlier: list[torch.Tensor] | None = None) -> None:
+        """Every update of ``plan`` (``earlier``: the flags of the groups before it when this
+        is the step's last group, else ``None``).
+
+        The step's last update runs in place (``update_overwriting``: one buffer read and
+        written, no second copy of the state) when the method has such a step, its tensors
+        are on the CPU (the flags are then read without a device sync), and every flag so far
+        holds: nothing after it can fail the step, since an in-place update checks its own
+        output before writing it (``verified_fields``) and raises with its state unchanged.
+        """
+        pre = plan.entry.pre
         written = []
-        for unit in plan.units:
+        for j, unit in enumerate(plan.units):
             old, state = self._old_state(plan, unit)
+            update = pre.update_unchecked
+            if (
+                earlier is not None
+                and j == len(plan.units) - 1
+                and pre.update_overwriting is not None
+                and old is not None
+                and unit.grad.device.type == "cpu"
+                and all(_to_host(earlier + plan.flags + _finite_flags(written)))
+            ):
+                update = pre.update_overwriting
             try:
                 direction, new = update(unit.grad, state)
             except Exception as exc:

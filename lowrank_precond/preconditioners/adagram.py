@@ -57,7 +57,7 @@ from lowrank_precond.preconditioners._common import (
     flat_grad,
     safe_norm,
 )
-from lowrank_precond.preconditioners.base import Preconditioner, check_statistic
+from lowrank_precond.preconditioners.base import NonFiniteStep, Preconditioner, check_statistic
 from lowrank_precond.preconditioners.compose import precondition
 
 __all__ = [
@@ -273,7 +273,12 @@ def _counters(state: AdaGramState, gnorm: float, nu: float, eps: float) -> dict[
 
 
 def _fused(
-    state: AdaGramState, g: Any, eps: float, direction: str, workspace: Workspace
+    state: AdaGramState,
+    g: Any,
+    eps: float,
+    direction: str,
+    workspace: Workspace,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Any] | Declined:
     """The truncated KSL step with its direction in a few row-blocked passes over ``d``.
 
@@ -281,20 +286,38 @@ def _fused(
     ``rank_one_increment`` + ``projector_splitting`` + the published or symmetric direction
     (same ``M``, same direction, to rounding). Returns the new fields and the direction, or
     the :class:`~lowrank_precond.backends.fused.Declined` of a step it leaves to the reference
-    path. ``g`` may still be in the parameter's dtype.
+    path. ``g`` may still be in the parameter's dtype. ``overwrite``: the new factors may be
+    written into the old ones' memory (``state`` must not be used after a step that returns
+    fields; the counters are checked before anything is written, so a step that would
+    overflow them declines and leaves ``state`` as it was).
     """
     old = _lowrank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
+    counters: dict[str, Any] = {}
+
+    def accept(gg: float, nu: float) -> bool:
+        gnorm = math.sqrt(gg) if gg > 1e-280 and math.isfinite(gg) else safe_norm(g)
+        try:
+            counters.update(_counters(state, gnorm, nu, eps))
+        except NonFiniteStep:  # the reference path raises it, with nothing written
+            return False
+        return True
+
     res = try_ksl_adagram_step(
-        old, g, eps, refresh=refresh, direction=direction, workspace=workspace
+        old,
+        g,
+        eps,
+        refresh=refresh,
+        direction=direction,
+        workspace=workspace,
+        overwrite=overwrite,
+        accept=accept,
     )
     if isinstance(res, Declined):
         return res
-    gg = res.gnorm_sq
-    gnorm = math.sqrt(gg) if gg > 1e-280 and math.isfinite(gg) else safe_norm(g)
     new = res.lowrank
     fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
-    fields.update(_counters(state, gnorm, res.nu, eps), last_impl="fused")
+    fields.update(counters, last_impl="fused")
     return fields, res.direction  # the symmetric one at its exact length, as in _View.own
 
 
@@ -459,7 +482,10 @@ class _Curvature:
     def fields(self, state: AdaGramState) -> dict[str, Any]:
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(AdaGramState)}
 
-    def observe(self, grad: Any, state: AdaGramState, *, own: bool):
+    #: ``observe(..., overwrite=True)`` may write the new factors into the old ones
+    supports_overwrite = True
+
+    def observe(self, grad: Any, state: AdaGramState, *, own: bool, overwrite: bool = False):
         impl = "reference"
         if self.fused and own and self._available(state.U, int(state.U.shape[0]), state.U.dtype)[0]:
             if not state.truncated:
@@ -472,6 +498,7 @@ class _Curvature:
                     self.eps,
                     self.direction,
                     self.workspace,
+                    overwrite,
                 )
                 if not isinstance(res, Declined):
                     fields, direction = res

@@ -72,6 +72,13 @@ class Preconditioner:
         state's size, finite direction): for wrappers that have already checked their inputs
         once (the ``torch.optim`` classes check every group's gradients together). Defaults
         to ``update``.
+    update_overwriting : callable or None
+        ``update_unchecked`` that may write the new state into the memory of the old one's
+        arrays (an in-place step: one buffer read and written instead of two, and no second
+        copy of the state). The caller must not read the old state after it returns; if it
+        raises, the old state is unchanged. ``None`` where the method has no such step.
+        The ``torch.optim`` classes use it for the last update of a step, once every other
+        check of that step has passed.
 
     Examples
     --------
@@ -91,6 +98,7 @@ class Preconditioner:
     update: UpdateFn
     hyperparams: dict[str, Any] = field(default_factory=dict)
     update_unchecked: UpdateFn | None = field(default=None, repr=False, compare=False)
+    update_overwriting: UpdateFn | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.update_unchecked is None:
@@ -214,15 +222,24 @@ def make_preconditioner(
     init: InitFn,
     update: UpdateFn,
     hyperparams: dict[str, Any],
+    update_overwriting: UpdateFn | None = None,
 ) -> Preconditioner:
     """The :class:`Preconditioner` of a factory: ``update`` checked once, at this entry point.
 
     ``update`` is the method's unchecked step (it becomes
     :attr:`Preconditioner.update_unchecked`); the public ``update`` is
     :func:`guard_nonfinite` of it with ``hyperparams["nonfinite"]``.
+    ``update_overwriting``: its in-place form, if any (:attr:`Preconditioner.update_overwriting`).
     """
     guarded = guard_nonfinite(update, hyperparams["nonfinite"])
-    return Preconditioner(name, init, guarded, hyperparams, update_unchecked=update)
+    return Preconditioner(
+        name,
+        init,
+        guarded,
+        hyperparams,
+        update_unchecked=update,
+        update_overwriting=update_overwriting,
+    )
 
 
 def state_to_dict(state: Any) -> dict[str, Any]:

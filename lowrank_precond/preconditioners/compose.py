@@ -124,7 +124,11 @@ class Curvature(Protocol):
         """Learn from ``grad``: the new state's fields (``None``: nothing changed) and the view.
 
         ``own=False`` promises that only ``view.apply`` will be called (a fused step that
-        computes only the gradient's own direction must not be used then).
+        computes only the gradient's own direction must not be used then). A curvature with
+        a true class attribute ``supports_overwrite`` also takes ``overwrite=True``: it may
+        then write the new fields into the memory of ``state``'s arrays, which the caller
+        promises never to read again once ``observe`` returns (if it raises, ``state`` must
+        be unchanged).
         """
         ...
 
@@ -182,13 +186,22 @@ def precondition(
         def init(x: Any) -> Any:
             return state_cls(**curvature.init(x))
 
-        def update(grad: Any, state: Any) -> tuple[Any, Any]:
-            fields, view = curvature.observe(grad, state, own=True)
+        def step(grad: Any, state: Any, **overwrite: bool) -> tuple[Any, Any]:
+            fields, view = curvature.observe(grad, state, own=True, **overwrite)
             if fields is None:
                 return array_namespace(grad).zeros_like(grad), state
             return as_direction(view.own(), grad), state_cls(**fields)
 
-        return make_preconditioner(name, init, update, hyperparams)
+        def update(grad: Any, state: Any) -> tuple[Any, Any]:
+            return step(grad, state)
+
+        overwriting = None
+        if getattr(curvature, "supports_overwrite", False):
+
+            def overwriting(grad: Any, state: Any) -> tuple[Any, Any]:
+                return step(grad, state, overwrite=True)
+
+        return make_preconditioner(name, init, update, hyperparams, overwriting)
 
     moment_cls = curvature.momentum_state_cls
 
