@@ -144,10 +144,12 @@ def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
 # Each kernel is generated for its rank: every factor row is a local 1-D array, every small
 # coefficient a local scalar and every partial sum a scalar, so that a row's arithmetic runs
 # in registers (a loop over the rank with the coefficients in arrays measured 1.5-2x slower).
-# ``fastmath`` allows contraction into FMAs and reassociation of sums only: no assumption that
-# values are finite, so a NaN or inf in the inputs still reaches the sums the steps check.
+# ``fastmath`` allows contraction into FMAs only: no reassociation (a vectorised sum's order
+# would depend on the arrays' alignment, and equal inputs must give equal bits: checkpoints
+# continue bit for bit), and no assumption that values are finite (a NaN or inf in the inputs
+# must still reach the sums the steps check).
 
-_FASTMATH = {"contract", "reassoc"}
+_FASTMATH = {"contract"}
 
 
 def _compiled(name: str, source: str) -> dict[str, Any]:
@@ -163,7 +165,8 @@ def _compiled(name: str, source: str) -> dict[str, Any]:
     import importlib.util
     import os
 
-    digest = hashlib.sha1(f"{numba.__version__}\n{source}".encode()).hexdigest()[:16]
+    key = f"{numba.__version__}\n{sorted(_FASTMATH)}\n{source}"  # what the machine code depends on
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     module = None
     base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
     base = base or os.path.join(os.path.expanduser("~"), ".cache")

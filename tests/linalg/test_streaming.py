@@ -436,3 +436,71 @@ def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
         (A, pa), (B, pb) = runs
         assert rel(A, B) < 1e-13
         assert rel(pa, pb) < (1e-13 if direction == "published" else 1e-10)
+
+
+@pytest.mark.parametrize("direction", ["published", "symmetric"])
+def test_overwrite_writes_the_same_numbers_into_the_input_buffer(rng, direction):
+    """``overwrite=True``: the new factors land in the memory of the old ones (the (2r, d)
+    buffer of a previous step's outputs), bit for bit what a fresh buffer would hold; a
+    step refused by ``accept`` writes nothing."""
+    d, r = 400, 3
+    M = LowRank(*random_state(rng, d, r))
+    M = ksl_adagram_step(M, rng.standard_normal(d), 0.1, direction=direction).lowrank
+    g = rng.standard_normal(d)
+    before = (M.U.copy(), M.V.copy(), M.S.copy())
+    fresh = ksl_adagram_step(M, g, 0.1, direction=direction)
+    assert np.array_equal(M.U, before[0]) and np.array_equal(M.V, before[1])
+
+    refused = try_ksl_adagram_step(
+        M, g, 0.1, direction=direction, overwrite=True, accept=lambda gg, nu: False
+    )
+    assert isinstance(refused, Declined) and refused.code == "caller"
+    assert np.array_equal(M.U, before[0]) and np.array_equal(M.V, before[1])
+
+    seen = []
+    out = try_ksl_adagram_step(
+        M, g, 0.1, direction=direction, overwrite=True, accept=lambda *a: seen.append(a) or True
+    )
+    assert not isinstance(out, Declined)
+    assert seen == [(fresh.gnorm_sq, fresh.nu)]
+    assert np.shares_memory(out.lowrank.U, M.U) and np.shares_memory(out.lowrank.V, M.V)
+    assert np.array_equal(out.lowrank.U, fresh.lowrank.U)
+    assert np.array_equal(out.lowrank.V, fresh.lowrank.V)
+    assert np.array_equal(out.lowrank.S, fresh.lowrank.S)
+    assert np.array_equal(out.direction, fresh.direction)
+
+
+def test_compiled_passes_do_not_depend_on_where_the_arrays_lie(rng):
+    """Equal inputs give equal bits wherever they lie in memory (a reassociated, vectorised
+    sum would start at an alignment boundary that moves with the address)."""
+    from lowrank_precond.backends import numba_kernels
+
+    kernels = numba_kernels.ksl_kernels(3)
+    if kernels is None:
+        pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
+    d, r = 3 * numba_kernels.SUM_ROWS + 5, 3
+    W0, g0 = rng.standard_normal((2 * r, d)), rng.standard_normal(d)
+    t = rng.standard_normal(r)
+    C = rng.standard_normal((r, r))
+
+    def placed(x, shift):  # x copied to an address `shift` elements past a fresh buffer
+        buf = np.empty(x.size + 8)
+        out = buf[shift : shift + x.size].reshape(x.shape)
+        out[...] = x
+        return out
+
+    results = []
+    for shift in range(4):
+        W, g, p = placed(W0, shift), placed(g0, 3 - shift), placed(np.zeros(d), shift)
+        results.append(
+            (
+                kernels.project_sym(W, g),
+                kernels.gbar_sym(W, g, t, 0.3, p, C),
+                p.copy(),
+            )
+        )
+    for res in results[1:]:
+        for a, b in zip(
+            [*results[0][0], *results[0][1], results[0][2]], [*res[0], *res[1], res[2]], strict=True
+        ):
+            assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -250,3 +250,31 @@ def test_step_rereads_only_what_the_step_did_not_verify(monkeypatch):
         assert state["last_impl"] == impl
         ptrs = {state["U"].data_ptr(), state["V"].data_ptr()}
         assert bool(ptrs & set(seen[-1])) is checked
+
+
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_in_place_step_never_runs_when_another_group_fails(bad_first):
+    """The last update of a step may overwrite its state in place; a failure anywhere else
+    in the step must still leave every group unchanged."""
+    torch.manual_seed(0)
+    a = torch.zeros(300, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(20, dtype=torch.float64, requires_grad=True)
+    groups = [{"params": [b], "rank": 2}, {"params": [a], "rank": 3}]
+    if not bad_first:
+        groups.reverse()
+    opt = AdaGram(groups, lr=0.1, direction="published")
+    for _ in range(6):
+        a.grad = torch.randn(300, dtype=torch.float64)
+        b.grad = torch.randn(20, dtype=torch.float64)
+        opt.step()
+    assert opt.state[a]["last_impl"] == "fused"
+    snap = _snapshot(opt, [a, b])
+    a.grad = torch.randn(300, dtype=torch.float64)
+    b.grad = torch.full((20,), math.nan, dtype=torch.float64)
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    _assert_unchanged(opt, [a, b], snap)
+    b.grad = torch.randn(20, dtype=torch.float64)
+    ptr = opt.state[a]["U"].data_ptr()
+    opt.step()  # a healthy step: the last group (a, when b is first) is updated in place
+    assert (opt.state[a]["U"].data_ptr() == ptr) is bad_first
