@@ -197,7 +197,9 @@ def available() -> dict[str, dict[str, Any]]:
 def name_of(x: Any) -> str:
     """The backend name of array ``x`` (``"numpy"``, ``"torch"``, ``"cupy"``, ...).
 
-    Raises ``TypeError`` for anything else.
+    Lazy dask arrays give ``"dask"`` (the GLM objectives take data chunked by rows as dask
+    arrays; dask is not an array backend of the math layers, so it is not in
+    :data:`BACKENDS`). Raises ``TypeError`` for anything else.
 
     Examples
     --------
@@ -214,6 +216,8 @@ def name_of(x: Any) -> str:
         return "numpy"
     if type(x).__module__.startswith("array_api_strict"):
         return "array_api_strict"
+    if array_api_compat.is_dask_array(x):  # never imports dask
+        return "dask"
     raise TypeError(f"x: not an array of a known backend (got {type(x).__name__})")
 
 
