@@ -16,6 +16,7 @@ EXTRAS = {
     "fast": ("numba",),
     "plot": ("matplotlib",),
     "data": ("sklearn", "statsmodels"),
+    "dask": ("dask",),
     "test": ("pytest", "hypothesis", "array_api_strict", "xdist", "importlinter"),
     "bench": ("asv",),
     "docs": ("sphinx", "numpydoc", "pydata_sphinx_theme"),
