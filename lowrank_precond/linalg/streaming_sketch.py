@@ -163,6 +163,7 @@ def try_fd_sketch_step(
     apply_scale: float = 1.0,
     refresh: bool = False,
     workspace: Workspace | None = None,
+    overwrite: bool = False,
 ) -> StreamedSketchStep | Declined:
     """Frequent-Directions update of a full sketch fused with its direction (two passes).
 
@@ -188,6 +189,12 @@ def try_fd_sketch_step(
         Measure ``U^T U`` in pass 1 and re-orthonormalise on drift (see the module notes).
     workspace : Workspace, optional, keyword-only
         Recycles the output buffers (see :class:`~lowrank_precond.backends.blocked.Workspace`).
+    overwrite : bool, keyword-only
+        Write the new ``U`` into the memory of ``sketch.U`` where the compiled passes run
+        (:mod:`lowrank_precond.backends.numba_kernels`) and the sketch keeps its size: one
+        buffer read and written instead of two. ``sketch`` must not be used after a step that
+        returns a :class:`StreamedSketchStep`; after a :class:`Declined` it is unchanged
+        (every check runs before the first write). Default ``False``: nothing is modified.
 
     Returns
     -------
@@ -197,8 +204,9 @@ def try_fd_sketch_step(
         ``"backend"``, ``"dtype"``, ``"size"``, the latter also for an empty sketch); arrays
         a torch tensor cannot share with NumPy (``"view"``); ``|g|^2`` zero, non-finite or
         outside the dtype's safe range, or a non-finite drift measure (``"gradient"``: the
-        general path scales by ``max|g|`` and raises or skips as documented there). Nothing
-        is modified.
+        general path scales by ``max|g|`` and raises or skips as documented there); small
+        matrices that are not finite in the factor dtype (``"geometry"``). Nothing is
+        modified unless ``overwrite`` and the step succeeded.
 
     Examples
     --------
@@ -237,7 +245,7 @@ def try_fd_sketch_step(
     scales = (float(feed_scale), float(apply_scale))
     with warnings.catch_warnings(), kernels.single_threaded():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow: declined below
-        res = _host_step(kernels.ops, host, eps, shrink, scales, refresh, alloc)
+        res = _host_step(kernels.ops, host, eps, shrink, scales, refresh, alloc, overwrite)
     if isinstance(res, Declined):
         return res
     U1, sig2, rho, p = (kernels.wrap(x) for x in res)
@@ -277,7 +285,7 @@ class _Passes:
 
 def _host_step(
     ops: Any, host: tuple[Any, ...], eps: float, shrink: bool, scales: Any, refresh: bool,
-    alloc: Any,
+    alloc: Any, overwrite: bool = False,
 ) -> tuple[Any, ...] | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, sig2, rho, g)``: pass 1, the residual, the
     core, pass 2. Returns the host ``(U_new, sig2_new, rho_new, p)``."""
@@ -301,10 +309,11 @@ def _host_step(
         return Declined("gradient", f"|g|^2 = {gg:.3g} is zero, non-finite or out of range")
     beta, c2, H = _residual(P, c1, c1c, gg, csq)
     core = _core(P, rho, sig2, c1c, c2, beta, gg, eps, shrink, scales)
-    if not _finite(xp, core.sig2, core.rho, core.wt, core.negA, core.cv, core.inv_sb):
+    sig2_out, rho_out = xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt))
+    if not _finite(xp, sig2_out, rho_out, core.wt, core.negA, core.cv, core.inv_sb):
         return Declined("geometry", "the step's small matrices are not finite")
-    W1, p = _pass_write(P, core, c1, c2, H, alloc)
-    return W1.T, xp.astype(core.sig2, P.dt), xp.asarray(xp.astype(core.rho, P.dt)), p
+    W1, p = _pass_write(P, core, c1, c2, H, alloc, overwrite)
+    return W1.T, sig2_out, rho_out, p
 
 
 def _pass_project(P: _Passes, gram: bool) -> tuple[Any, float, Any]:
@@ -395,16 +404,22 @@ def _core(
     return _Core(sig2_new, rho, wt, xp.astype(-A, P.dt), cv, 1.0 / sb)
 
 
-def _pass_write(P: _Passes, core: _Core, c1: Any, c2: Any, H: Any, alloc: Any) -> tuple[Any, Any]:
-    """Pass 2: ``U_new`` (one ``(keep, d)`` buffer) and ``p = g / sqrt(base) + U_new cv``."""
+def _pass_write(
+    P: _Passes, core: _Core, c1: Any, c2: Any, H: Any, alloc: Any, overwrite: bool
+) -> tuple[Any, Any]:
+    """Pass 2: ``U_new`` (one ``(keep, d)`` buffer) and ``p = g / sqrt(base) + U_new cv``.
+
+    With ``overwrite`` the compiled pass writes ``U_new`` over ``U`` (it reads a row's ``k``
+    entries before it writes any); the NumPy blocks always write a new buffer."""
     ops = P.ops
     keep = int(core.wt.shape[0])
-    W1 = alloc((keep, P.d))
     p = alloc((P.d,))
     jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
     if jit is not None:
+        W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
         jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
         return W1, p
+    W1 = alloc((keep, P.d))
     for a, b in P.wblocks:
         rows = (slice(None), slice(a, b))
         Fb = P.Ut[:, a:b]

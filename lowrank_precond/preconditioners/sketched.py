@@ -199,7 +199,12 @@ class _Curvature:
     def fields(self, state: SketchedAdaGradState) -> dict[str, Any]:
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(SketchedAdaGradState)}
 
-    def observe(self, grad: Any, state: SketchedAdaGradState, *, own: bool):
+    #: ``observe(..., overwrite=True)`` may write the new sketch into the old one's memory
+    supports_overwrite = True
+
+    def observe(
+        self, grad: Any, state: SketchedAdaGradState, *, own: bool, overwrite: bool = False
+    ):
         b2, t = self.b2, state.t + 1
         g = self.flat(grad, state)
         d = int(g.shape[0])
@@ -222,6 +227,7 @@ class _Curvature:
                     apply_scale=scale,
                     refresh=t % SKETCH_REFRESH_EVERY == 0,
                     workspace=self.workspace,
+                    overwrite=overwrite,
                 )
                 if not isinstance(res, Declined):
                     new = res.sketch

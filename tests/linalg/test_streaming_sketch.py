@@ -226,3 +226,22 @@ def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
     (A, ra, pa), (B, rb, pb) = runs
     assert rel(A, B) < 1e-13 and abs(ra - rb) <= 1e-13 * rb
     assert rel(pa, pb) < 1e-13
+
+
+def test_overwrite_writes_the_same_numbers_into_the_input_buffer(rng, pass_kernels):
+    """``overwrite=True``: where the compiled pass runs, the new basis lands in the memory of
+    the old one, bit for bit what a fresh buffer holds (the NumPy blocks write a new one)."""
+    d, k = 500, 3
+    sk = try_fd_sketch_step(random_sketch(rng, d, k), rng.standard_normal(d), 0.1).sketch
+    g = rng.standard_normal(d)
+    fresh = try_fd_sketch_step(sk, g, 0.1)
+    out = try_fd_sketch_step(sk, g, 0.1, overwrite=True)
+    assert not isinstance(out, Declined)
+    assert np.shares_memory(out.sketch.U, sk.U) is (pass_kernels == "compiled")
+    for a, b in [
+        (out.sketch.U, fresh.sketch.U),
+        (out.sketch.sig2, fresh.sketch.sig2),
+        (out.sketch.rho, fresh.sketch.rho),
+        (out.direction, fresh.direction),
+    ]:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
