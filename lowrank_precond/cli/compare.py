@@ -138,7 +138,9 @@ DEFAULT_EPOCHS = (200, 30)
 DEFAULT_LR_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 3))
 QUICK_EPOCHS = 20
 QUICK_LR_GRID = (0.01, 0.1, 1.0)
-BACKEND_CHOICES = ("numpy", "torch", "cupy")
+BACKEND_CHOICES = ("numpy", "torch", "cupy", "dask")
+#: ``--backend dask``: the data as dask arrays in this many row blocks (weights on NumPy)
+DASK_BLOCKS = 4
 #: a run whose training loss exceeds this multiple of ``max(|f(x0)|, 1)`` counts as diverged
 DIVERGENCE_FACTOR = 100.0
 PLOT_FILE = "suboptimality.png"
@@ -334,8 +336,21 @@ class Problem:
     test_many: Callable[[list[Any]], list[float]] | None = None
 
 
+def _dask_rows(*arrays: Any) -> list[Any]:
+    """``arrays`` as dask arrays in :data:`DASK_BLOCKS` row blocks (``--backend dask``)."""
+    try:
+        import dask.array as da
+    except ImportError:
+        raise UsageError(
+            "--backend: 'dask' needs the dask package: pip install 'lowrank-precond[dask]'"
+        ) from None
+    return [da.from_array(a, chunks=(-(-len(a) // DASK_BLOCKS), *a.shape[1:])) for a in arrays]
+
+
 def _backend_zeros(backend: str, shape: tuple[int, ...]) -> Any:
     """float64 zeros on ``backend`` (torch: CUDA when available, else CPU; CuPy: its GPU)."""
+    if backend == "dask":  # the data is on dask, the weights stay in memory
+        return np.zeros(shape)
     try:
         xp = backends.get(backend)
     except ImportError as exc:
@@ -416,6 +431,8 @@ def load_problem(
             streamed=True,
             test_many=test_many,
         )
+    if backend == "dask":
+        A, y, A_test, y_test = _dask_rows(A, y, A_test, y_test)
     fun = objective(fam, A, y, lam=lam, batch_size=batch_size, rng=seed, fit_intercept=True)
     test = objective(fam, A_test, y_test, lam=0.0, fit_intercept=True)
     if fun.family.is_classifier:
@@ -1022,7 +1039,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"{', '.join(FEATURE_DEFAULTS[3])}",
     )
     p.add_argument(
-        "--backend", metavar="NAME", default="numpy", help="numpy, torch or cupy (default numpy)"
+        "--backend",
+        metavar="NAME",
+        default="numpy",
+        help="numpy, torch, cupy or dask (default numpy); dask: the data as dask arrays in "
+        f"{DASK_BLOCKS} row blocks, the weights on numpy, minibatches drawn inside one block "
+        "(the dask extra)",
     )
     p.add_argument(
         "--lr-grid",
@@ -1264,6 +1286,8 @@ def run(args: argparse.Namespace) -> int:
 
         results = compare(problem, s["specs"], s["grid"], s["epochs"], progress=progress)
     results["settings"]["seed"] = s["seed"]
+    if args.backend == "dask":  # the weights (x0) are NumPy, the data is on dask
+        results["settings"]["backend"] = "dask"
     results["settings"]["wall_seconds"] = time.perf_counter() - started
 
     table = format_table(results)

@@ -7,6 +7,7 @@ call and one block per minibatch, never all of ``A`` at once; the chunking error
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -268,3 +269,29 @@ def test_glm_does_not_import_dask():
         "assert not any(m == 'dask' or m.startswith('dask.') for m in sys.modules), 'dask'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compare_backend_dask(tmp_path, capsys):
+    """``compare --backend dask``: the main job on dask gives NumPy's numbers (full batch),
+    and runs on minibatches."""
+    pytest.importorskip("sklearn")
+    import json
+
+    from lowrank_precond.cli import main
+
+    def run(backend, *extra):
+        out = tmp_path / f"{backend}{len(extra)}"
+        argv = ["--methods", "adagrad,sketched_adagrad", "--epochs", "2", "--lr-grid", "0.3,1"]
+        argv += ["--quiet", "--backend", backend, "--out", str(out), *extra]
+        assert main(["compare", *argv]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    ref, got = run("numpy"), run("dask")
+    assert got["settings"]["backend"] == "dask"
+    for r, g in zip(ref["methods"], got["methods"], strict=True):
+        assert (g["label"], g["lr"]) == (r["label"], r["lr"])
+        assert g["final_loss"] == pytest.approx(r["final_loss"], rel=1e-9, abs=1e-12)
+    minibatch = run("dask", "--batch-size", "64")
+    assert minibatch["settings"]["batch_size"] == 64
+    assert all(math.isfinite(m["final_loss"]) for m in minibatch["methods"])
+    capsys.readouterr()
