@@ -134,6 +134,20 @@ def _default_float(xp: Any, dtype: Any) -> Any:
     return xp.float64 if dtype is None else dtype
 
 
+def _weighted_mean(rows: Any, row_grads: Any, weights: Any) -> tuple[Any, Any]:
+    """``(mean(weights * rows), weights * row_grads / n)``; unit weights when ``None``.
+
+    ``rows`` ``(n,)`` are the per-row losses and ``row_grads`` (``(n,)`` or ``(n, K)``) their
+    derivatives in ``z``: the one place where the families reduce over rows.
+    """
+    xp = array_namespace(rows)
+    n = float(rows.shape[0])
+    if weights is None:
+        return xp.mean(rows), row_grads / n
+    scale = weights if row_grads.ndim == 1 else xp.reshape(weights, (-1, 1))
+    return xp.mean(weights * rows), row_grads * (scale / n)
+
+
 # ---------------------------------------------------------------------------------------------
 # families
 # ---------------------------------------------------------------------------------------------
@@ -148,9 +162,10 @@ class Family:
     - ``name`` (class attribute) and ``is_classifier``;
     - :meth:`encode_labels` ``(y, dtype) -> Y``: validate the user's labels and encode them
       as a floating array (``(n,)``, or the ``(n, K)`` one-hot matrix for ``multinomial``);
-    - :meth:`loss_and_grad_z` ``(z, Y) -> (loss, dz)``: the mean loss over rows (a 0-d
-      array) and its gradient ``dz = d loss / d z`` (shape of ``z``, i.e. the per-row
-      derivative divided by ``n``);
+    - :meth:`loss_and_grad_z` ``(z, Y, weights=None) -> (loss, dz)``: the mean loss over
+      rows (a 0-d array) and its gradient ``dz = d loss / d z`` (shape of ``z``, i.e. the
+      per-row derivative divided by ``n``); with row ``weights`` ``(n,)`` the loss is
+      ``mean(weights * loss_i)`` and ``dz`` is scaled row by row the same way;
     - :meth:`inverse_link` ``(z) -> mean response``.
 
     Examples
@@ -175,7 +190,9 @@ class Family:
     def encode_labels(self, y: Any, dtype: Any = None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss_and_grad_z(self, z: Any, Y: Any) -> tuple[Any, Any]:  # pragma: no cover
+    def loss_and_grad_z(
+        self, z: Any, Y: Any, weights: Any = None
+    ) -> tuple[Any, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def inverse_link(self, z: Any) -> Any:  # pragma: no cover - abstract
@@ -245,13 +262,9 @@ class Logistic(Family):
             raise ValueError("y: labels='pm1' needs every label in {-1, 1}")
         return (_as_float(y, dtype) + 1.0) * 0.5
 
-    def loss_and_grad_z(self, z: Any, Y: Any) -> tuple[Any, Any]:
+    def loss_and_grad_z(self, z: Any, Y: Any, weights: Any = None) -> tuple[Any, Any]:
         """Mean ``softplus(s z)`` with ``s = 1 - 2y`` (exact for y in {0,1}) and ``dz``."""
-        xp = array_namespace(z, Y)
-        n = z.shape[0]
-        loss = xp.mean(softplus((1.0 - 2.0 * Y) * z))
-        dz = (sigmoid(z) - Y) / float(n)
-        return loss, dz
+        return _weighted_mean(softplus((1.0 - 2.0 * Y) * z), sigmoid(z) - Y, weights)
 
     def inverse_link(self, z: Any) -> Any:
         """``P(y = 1) = sigmoid(z)``."""
@@ -334,15 +347,13 @@ class Multinomial(Family):
         classes = xp.arange(K, dtype=c.dtype, device=device_of(c))
         return xp.astype(xp.reshape(c, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
 
-    def loss_and_grad_z(self, z: Any, Y: Any) -> tuple[Any, Any]:
+    def loss_and_grad_z(self, z: Any, Y: Any, weights: Any = None) -> tuple[Any, Any]:
         """Mean ``lse(Z_i) - Z_{i,c_i}`` (max-shifted) and ``dZ = (softmax(Z) - Y)/n``."""
         xp = array_namespace(z, Y)
-        n = z.shape[0]
         S = z - xp.max(z, axis=1, keepdims=True)  # every row has max 0
         log_norm = xp.log(xp.sum(xp.exp(S), axis=1, keepdims=True))
-        loss = xp.mean(log_norm[:, 0] - xp.sum(Y * S, axis=1))
-        dz = (xp.exp(S - log_norm) - Y) / float(n)
-        return loss, dz
+        rows = log_norm[:, 0] - xp.sum(Y * S, axis=1)
+        return _weighted_mean(rows, xp.exp(S - log_norm) - Y, weights)
 
     def inverse_link(self, z: Any) -> Any:
         """Class probabilities ``softmax(Z)`` row by row."""
@@ -375,11 +386,10 @@ class LeastSquares(Family):
             raise TypeError("y: least_squares needs real targets, got a boolean array")
         return _as_float(y, _default_float(xp, dtype))
 
-    def loss_and_grad_z(self, z: Any, Y: Any) -> tuple[Any, Any]:
+    def loss_and_grad_z(self, z: Any, Y: Any, weights: Any = None) -> tuple[Any, Any]:
         """Mean ``(z - y)^2 / 2`` and ``dz = (z - y) / n``."""
-        xp = array_namespace(z, Y)
         r = z - Y
-        return 0.5 * xp.mean(r * r), r / float(z.shape[0])
+        return _weighted_mean(0.5 * (r * r), r, weights)
 
     def inverse_link(self, z: Any) -> Any:
         """The identity."""
@@ -432,13 +442,12 @@ class Poisson(Family):
             raise ValueError("y: poisson counts must be >= 0 (found a negative count)")
         return _as_float(y, _default_float(xp, dtype))
 
-    def loss_and_grad_z(self, z: Any, Y: Any) -> tuple[Any, Any]:
+    def loss_and_grad_z(self, z: Any, Y: Any, weights: Any = None) -> tuple[Any, Any]:
         """Mean ``e(z) - y z`` and ``dz = (exp(min(z, zmax)) - y) / n``."""
         xp = array_namespace(z, Y)
         zc = xp.clip(z, max=float(self.zmax))
         ez = xp.exp(zc)  # e'(z)
-        loss = xp.mean(ez * (1.0 + (z - zc)) - Y * z)
-        return loss, (ez - Y) / float(z.shape[0])
+        return _weighted_mean(ez * (1.0 + (z - zc)) - Y * z, ez - Y, weights)
 
     def inverse_link(self, z: Any) -> Any:
         """The mean count ``exp(z)``."""

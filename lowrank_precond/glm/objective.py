@@ -1,12 +1,13 @@
 """GLM objectives: ``fun(w) -> (loss, grad)``, full batch or seeded minibatches, any backend.
 
 The objective of a family (:mod:`lowrank_precond.glm.families`) on data ``A`` ``(n, d)``,
-labels ``y`` ``(n,)`` is
+labels ``y`` ``(n,)`` and optional row weights ``s`` is
 
-    ``F(w) = mean_{i in B} loss_i(z_i) + lam/2 |coef|^2``,  ``z = A coef + intercept``
+    ``F(w) = mean_{i in B} s_i loss_i(z_i) + lam/2 |coef|^2``,  ``z = A coef + intercept``
 
-over the rows ``B`` of one call (all rows for full batch, one minibatch otherwise); see
-:func:`objective`. Theory: :ref:`theory-glm-losses`.
+over the rows ``B`` of one call (all rows for full batch, one minibatch otherwise), with the
+weights rescaled to mean 1 (so the full batch is the weighted mean ``sum s_i loss_i / sum s_i``);
+see :func:`objective`. Theory: :ref:`theory-glm-losses`.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class Objective:
 
     (The constructor takes already validated and encoded pieces and is not public API.)
 
-    Calling it evaluates the mean loss over one batch of rows plus ``lam/2 |coef|^2`` and
-    its gradient. See :func:`objective` for the full contract.
+    Calling it evaluates the (weighted) mean loss over one batch of rows plus
+    ``lam/2 |coef|^2`` and its gradient. See :func:`objective` for the full contract.
 
     Attributes
     ----------
@@ -66,6 +67,9 @@ class Objective:
         L2 strength (the intercept is not penalised).
     fit_intercept : bool
         Whether ``w`` carries an intercept in its last row.
+    sample_weight : array or None
+        The row weights rescaled to mean 1 (``(n,)``, on ``A``'s backend and dtype), or
+        ``None`` for unit weights.
     n_samples : int
         ``n``, rows of ``A``.
     n_features : int
@@ -118,12 +122,14 @@ class Objective:
         fit_intercept: bool,
         batch_size: int | None,
         rng: np.random.Generator | None,
-        cache: dict[tuple[str, str, str], tuple[Any, Any]],
+        cache: dict[tuple[str, str, str], tuple[Any, Any, Any]],
+        sample_weight: Any = None,
     ) -> None:
         self.family = fam
         self.A = A
         self.y = y
         self._Y = Y
+        self.sample_weight = sample_weight
         self.lam = lam
         self.fit_intercept = fit_intercept
         self.n_samples = int(A.shape[0])
@@ -185,14 +191,17 @@ class Objective:
 
     # ---- data on w's backend ---------------------------------------------------------------
 
-    def _data(self, w: Any) -> tuple[Any, Any]:
+    def _data(self, w: Any) -> tuple[Any, Any, Any]:
+        """``(A, Y, weights)`` on ``w``'s backend, device and dtype (``weights`` may be None)."""
         key = _key(w)
         if key not in self._cache:
             xp = array_namespace(w)
             dev = device_of(w)
+            s = self.sample_weight
             self._cache[key] = (
                 _convert(self.A, xp, dev, w.dtype),
                 _convert(self._Y, xp, dev, w.dtype),
+                None if s is None else _convert(s, xp, dev, w.dtype),
             )
         return self._cache[key]
 
@@ -227,7 +236,7 @@ class Objective:
         """Loss and gradient at ``w`` on the next batch (see :func:`objective`)."""
         W = self._as_matrix(w)
         xp = array_namespace(W)
-        A, Y = self._data(W)
+        A, Y, s = self._data(W)
         if self.stochastic:
             start, stop = self._next_rows()
             key = _key(W)
@@ -236,9 +245,10 @@ class Objective:
             idx = self._perm_dev[key][start:stop]
             A = xp.take(A, idx, axis=0)
             Y = xp.take(Y, idx, axis=0)
+            s = None if s is None else xp.take(s, idx, axis=0)
         self.n_calls += 1
         coef, bias = self._split(W)
-        loss, dz = self.family.loss_and_grad_z(self._linear(coef, bias, A), Y)
+        loss, dz = self.family.loss_and_grad_z(self._linear(coef, bias, A), Y, s)
         g = A.T @ dz
         if self.lam:
             loss = loss + (0.5 * self.lam) * xp.sum(coef * coef)
@@ -268,7 +278,7 @@ class Objective:
         >>> fun.full().batch_size, fun.full().stochastic
         (4, False)
         """
-        return Objective(
+        return type(self)(
             self.family,
             self.A,
             self._Y,
@@ -279,6 +289,7 @@ class Objective:
             batch_size=None,
             rng=None,
             cache=self._cache,
+            sample_weight=self.sample_weight,
         )
 
     # ---- prediction ------------------------------------------------------------------------
@@ -363,11 +374,13 @@ def objective(
     batch_size: int | None = None,
     rng: int | np.random.Generator | None = None,
     fit_intercept: bool = False,
+    sample_weight: Any = None,
 ) -> Objective:
     """The GLM objective ``fun(w) -> (loss, grad)`` of ``family`` on ``(A, y)``.
 
-    ``F(w) = mean_{i in B} loss(z_i, y_i) + lam/2 |coef|^2`` with ``z = A coef + b``, where
-    ``B`` is all rows (full batch) or the next minibatch. Theory: :ref:`theory-glm-losses`.
+    ``F(w) = mean_{i in B} s_i loss(z_i, y_i) + lam/2 |coef|^2`` with ``z = A coef + b``,
+    where ``B`` is all rows (full batch) or the next minibatch and ``s`` the row weights
+    rescaled to mean 1 (all ones by default). Theory: :ref:`theory-glm-losses`.
 
     Parameters
     ----------
@@ -397,6 +410,12 @@ def objective(
         If true, ``w`` has ``d + 1`` rows and its LAST row is the unpenalised intercept:
         ``z = A @ w[:d] + w[d]`` (``Z = A @ W[:d] + W[d]`` for multinomial). ``A`` is not
         copied or augmented.
+    sample_weight : array, shape (n,), or None, default None
+        Non-negative finite row weights, any backend, not all zero. They are rescaled to
+        mean 1 (``s * n / sum(s)``), so the full-batch loss is the weighted mean
+        ``sum_i s_i loss_i / sum_i s_i``, integer weights give exactly the loss of the data
+        with rows repeated, and a minibatch loss is an unbiased estimate of it. ``None``:
+        unit weights.
 
     Returns
     -------
@@ -406,7 +425,7 @@ def objective(
         ``batch_size``, ``batches_per_epoch``, ``stochastic``, ``n_calls``, ``epochs``,
         ``family``, ``lam``, ``fit_intercept``, ``n_classes``) and the methods ``full()``,
         ``reset()``, ``zeros(like)``, ``linear_predictor``, ``predict``, ``accuracy``,
-        ``batch_indices()``.
+        ``batch_indices()``, and ``sample_weight`` (the rescaled weights or ``None``).
 
         ``w``: shape ``fun.shape`` = ``(p,)``, or ``(p, K)`` for multinomial, with
         ``p = d + fit_intercept``; a flat ``(p * K,)`` vector (row-major, i.e.
@@ -426,7 +445,8 @@ def objective(
     ValueError
         Naming the argument: ``A`` not 2-D or with non-finite entries, ``y`` of the wrong
         length or with labels invalid for the family, ``lam < 0``, ``batch_size`` outside
-        ``[1, n]``; at call time, ``w`` of the wrong shape.
+        ``[1, n]``, ``sample_weight`` of the wrong shape, negative, non-finite or all zero;
+        at call time, ``w`` of the wrong shape.
     TypeError
         Non-floating ``A`` or ``w``, non-integer ``batch_size``, unknown family option.
 
@@ -447,6 +467,10 @@ def objective(
     (True, True)
     """
     fam = _family(family)
+    from lowrank_precond.glm import _dask  # data as row-chunked dask arrays (dask extra)
+
+    if _dask.is_dask(A, y, sample_weight):
+        y, sample_weight = _dask.prepare(A, y, sample_weight)
     xp = check_floating("A", A)
     if A.ndim != 2:
         raise ValueError(f"A: expected a 2-D array (n, d), got shape {tuple(A.shape)}")
@@ -482,7 +506,8 @@ def objective(
     y_on_A = _convert(y, xp, device_of(A))
     n_classes = fam.n_outputs(y_on_A)
     Y = fam.encode_labels(y_on_A, dtype=A.dtype)
-    return Objective(
+    s = None if sample_weight is None else _weights(sample_weight, n, xp, A)
+    return (_dask.DaskObjective if _dask.is_dask(A) else Objective)(
         fam,
         A,
         Y,
@@ -492,5 +517,31 @@ def objective(
         fit_intercept=bool(fit_intercept),
         batch_size=batch_size,
         rng=gen,
-        cache={_key(A): (A, Y)},
+        cache={_key(A): (A, Y, s)},
+        sample_weight=s,
     )
+
+
+def _weights(sample_weight: Any, n: int, xp: Any, A: Any) -> Any:
+    """``sample_weight`` checked (``(n,)``, finite, ``>= 0``, positive sum) and rescaled to
+    mean 1, on ``A``'s backend, device and dtype."""
+    try:
+        array_namespace(sample_weight)
+    except TypeError:
+        raise TypeError(
+            f"sample_weight: expected an array, got {type(sample_weight).__name__}"
+        ) from None
+    if tuple(sample_weight.shape) != (n,):
+        raise ValueError(
+            f"sample_weight: expected shape ({n},) to match A's {n} rows, "
+            f"got {tuple(sample_weight.shape)}"
+        )
+    s = _convert(sample_weight, xp, device_of(A), A.dtype)
+    if not bool(xp.all(xp.isfinite(s))):
+        raise ValueError("sample_weight: contains non-finite values")
+    if not bool(xp.all(s >= 0.0)):
+        raise ValueError(f"sample_weight: must be >= 0, got a minimum of {float(xp.min(s))}")
+    total = float(xp.sum(s))
+    if total <= 0.0:
+        raise ValueError("sample_weight: the weights are all zero (no row would count)")
+    return s * (n / total)
