@@ -14,6 +14,9 @@ Logistic, Multinomial, LeastSquares, Poisson, Family
              the family classes
 datasets     module: ``datasets.load(name, split=None, ...) -> (A, y, info)``,
              ``datasets.names()``, ``datasets.train_test_split``
+LogisticRegression, LeastSquaresRegression, PoissonRegression
+             scikit-learn estimators (need scikit-learn), defined in
+             :mod:`lowrank_precond.optim.estimators` and loaded on first use
 
 Note that ``lowrank_precond.glm.objective`` is the *function*; the module that defines it
 is reached with ``from lowrank_precond.glm.objective import Objective``.
@@ -30,6 +33,10 @@ Examples
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
 
 from lowrank_precond.glm import datasets
 from lowrank_precond.glm.families import (
@@ -55,3 +62,19 @@ __all__ = [
     "family",
     "objective",
 ]
+
+# The scikit-learn estimators call ``lowrank_precond.minimize``, which sits above this package
+# in the layers (optim > glm); they are defined in ``lowrank_precond.optim.estimators`` and
+# imported only when first asked for, so ``import lowrank_precond.glm`` needs neither optim
+# nor scikit-learn.
+_ESTIMATORS = ("LeastSquaresRegression", "LogisticRegression", "PoissonRegression")
+if importlib.util.find_spec("sklearn") is not None:
+    __all__ += list(_ESTIMATORS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ESTIMATORS:
+        value = getattr(importlib.import_module("lowrank_precond.optim.estimators"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lowrank_precond.glm' has no attribute {name!r}")
