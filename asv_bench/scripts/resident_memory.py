@@ -3,9 +3,11 @@
 For each optimizer, in a fresh process: the parameter and a pool of gradients are allocated
 first and the same optimizer runs a few steps on a small parameter (imports, compiled
 kernels, allocator pools), then the resident set size (RSS, ``/proc/self/statm``) is read
-before the optimizer is built and after ``--steps`` steps. ``state`` is the bytes of the distinct tensor storages in
-``optimizer.state``; ``extra`` is the RSS growth beyond it (workspace buffers, allocator
-slack). Linux only.
+before the optimizer is built and after ``--steps`` steps. ``state`` is the bytes of the
+distinct tensor storages in ``optimizer.state``; ``pooled`` the spare output buffers the
+fused steps keep for reuse (:class:`lowrank_precond.backends.blocked.Workspace`); the RSS
+growth also holds what the C allocator keeps of freed memory (e.g. the warm-up phase's).
+Linux only.
 
 Usage: ``python asv_bench/scripts/resident_memory.py [--d 1000000] [--rank 5] [--steps 30]``.
 """
@@ -55,7 +57,15 @@ for s in opt.state.values():
         if torch.is_tensor(v) and v.untyped_storage().data_ptr() not in seen:
             seen.add(v.untyped_storage().data_ptr())
             state += v.untyped_storage().nbytes()
-print(grown, state)
+import gc
+pool = sum(
+    x.nbytes
+    for o in gc.get_objects()
+    if type(o).__name__ == "Workspace"
+    for spare in o._spare.values()
+    for x in spare
+)
+print(grown, state, pool)
 """
 
 
@@ -66,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args(argv)
     print(f"d = {args.d}, r = {args.rank}, {args.steps} steps, float64")
-    print(f"{'optimizer':<20} {'state MiB':>10} {'RSS growth MiB':>15} {'x state':>8}")
+    print(
+        f"{'optimizer':<20} {'state MiB':>10} {'pooled MiB':>11} {'(state+pool)/state':>19} "
+        f"{'RSS growth MiB':>15} {'x state':>8}"
+    )
     for name, make in OPTIMIZERS.items():
         code = CHILD.format(
             d=args.d,
@@ -82,8 +95,11 @@ def main(argv: list[str] | None = None) -> None:
             check=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         ).stdout.split()
-        grown, state = int(out[-2]), int(out[-1])
-        print(f"{name:<20} {state / 2**20:10.1f} {grown / 2**20:15.1f} {grown / state:8.2f}")
+        grown, state, pool = (int(x) for x in out[-3:])
+        print(
+            f"{name:<20} {state / 2**20:10.1f} {pool / 2**20:11.1f} {(state + pool) / state:19.2f} "
+            f"{grown / 2**20:15.1f} {grown / state:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -787,9 +787,7 @@ def _pass_write(
         return None, _direction_only(P, out)
     coefs = _write_coefficients(P, sides, change, ((vu, alpha_u), (vv, alpha_v)), roots)
     Vm, Mm, hcol, inv_hs, Bm = coefs
-    # in place where asked, except where the direction reads [U V] after its block is written
-    in_place = overwrite and not (out.sym is not None and H is not None)
-    W1 = P.W if in_place else alloc((2 * P.r, P.d))
+    W1 = P.W if overwrite else alloc((2 * P.r, P.d))
     # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
     # per block for both (p = g / sqrt(eps) + that row)
     fused = out.sym is not None and H is None
@@ -806,14 +804,15 @@ def _pass_write(
     E = P.scratch(3 if fused else 2) if H is None else H
     pp = 0.0
     for a, b in P.wblocks:
-        _write_block(P, W1, E, (Vm, Mm, hcol, inv_hs, Bm), sides, H, A1, out.p, a, b)
+        # the unfused symmetric direction reads [U V]: before the block is written (in place)
+        unfused = out.sym is not None and not fused
+        before = (lambda a=a, b=b: _symmetric_into(P, out.p, a, b, out.sym)) if unfused else None
+        _write_block(P, W1, E, (Vm, Mm, hcol, inv_hs, Bm), sides, H, A1, out.p, a, b, before)
         if out.sym is None:
             P.ops.scale_into(out.p, (slice(a, b),), out.inv_s)
             continue
         if fused:
             P.ops.axpy_into(out.p, (slice(a, b),), P.inv_root, P.gblock(a, b), E[2, : b - a])
-        else:
-            _symmetric_into(P, out.p, a, b, out.sym)
         pb = out.p[a:b]
         pp += float(pb @ pb)
     return W1, (pp if out.sym is not None else math.nan)
@@ -870,10 +869,12 @@ def _write_coefficients(
 
 
 def _write_block(
-    P: _Passes, W1: Any, E: Any, coefs: Any, sides: Any, H: Any, A1: Any, p: Any, a: int, b: int
-) -> None:
+    P: _Passes, W1: Any, E: Any, coefs: Any, sides: Any, H: Any, A1: Any, p: Any, a: int, b: int,
+    before_write: Callable[[], None] | None = None,
+) -> None:  # fmt: skip
     """One block of pass 3: the rows ``E`` (``e_u``, ``e_v`` and, for the fused symmetric
-    direction, its row), then ``W1[:, a:b] = base + Vm @ E[:2]``."""
+    direction, its row), ``before_write()`` if given (``p[a:b]``, which holds ``gbar``, is no
+    longer read), then ``W1[:, a:b] = base + Vm @ E[:2]``."""
     Vm, Mm, hcol, inv_hs, Bm = coefs
     ops, r = P.ops, P.r
     B = b - a
@@ -887,6 +888,8 @@ def _write_block(
                 E, (i, slice(0, B)), inv_hs[i], H[i, :B], Mm[i, i * r : (i + 1) * r],
                 sd.Ft[:, a:b],
             )  # fmt: skip
+    if before_write is not None:
+        before_write()
     Wb = P.W[:, a:b]
     rows = (slice(None), slice(a, b))
     if W1 is P.W and Bm is None:  # in place: the base is the destination

@@ -438,15 +438,20 @@ def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
         assert rel(pa, pb) < (1e-13 if direction == "published" else 1e-10)
 
 
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("kind", ["random", "near_span"])
 @pytest.mark.parametrize("direction", ["published", "symmetric"])
-def test_overwrite_writes_the_same_numbers_into_the_input_buffer(rng, direction):
+def test_overwrite_writes_the_same_numbers_into_the_input_buffer(rng, direction, kind):
     """``overwrite=True``: the new factors land in the memory of the old ones (the (2r, d)
-    buffer of a previous step's outputs), bit for bit what a fresh buffer would hold; a
-    step refused by ``accept`` writes nothing."""
+    buffer of a previous step's outputs), bit for bit what a fresh buffer would hold, also
+    on the re-orthogonalising path (a gradient near span U); a step refused by ``accept``
+    writes nothing."""
     d, r = 400, 3
     M = LowRank(*random_state(rng, d, r))
     M = ksl_adagram_step(M, rng.standard_normal(d), 0.1, direction=direction).lowrank
     g = rng.standard_normal(d)
+    if kind == "near_span":
+        g = M.U @ rng.standard_normal(r) + 0.05 * g / np.linalg.norm(g)
     before = (M.U.copy(), M.V.copy(), M.S.copy())
     fresh = ksl_adagram_step(M, g, 0.1, direction=direction)
     assert np.array_equal(M.U, before[0]) and np.array_equal(M.V, before[1])
@@ -462,6 +467,7 @@ def test_overwrite_writes_the_same_numbers_into_the_input_buffer(rng, direction)
         M, g, 0.1, direction=direction, overwrite=True, accept=lambda *a: seen.append(a) or True
     )
     assert not isinstance(out, Declined)
+    assert out.cgs2[0] is (kind == "near_span")
     assert seen == [(fresh.gnorm_sq, fresh.nu)]
     assert np.shares_memory(out.lowrank.U, M.U) and np.shares_memory(out.lowrank.V, M.V)
     assert np.array_equal(out.lowrank.U, fresh.lowrank.U)
