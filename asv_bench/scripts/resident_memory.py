@@ -37,7 +37,6 @@ def rss():
 d, r, steps = {d}, {r}, {steps}
 p = torch.zeros(d, dtype=torch.float64, requires_grad=True)
 gen = torch.Generator().manual_seed(0)
-grads = [torch.randn(d, dtype=torch.float64, generator=gen) for _ in range(4)]
 # the same optimizer on a small parameter first: imports, compiled kernels, allocator pools
 q = torch.zeros(50_000, dtype=torch.float64, requires_grad=True)
 warm = {make_small}
@@ -47,8 +46,10 @@ for i in range(10):
 del warm, q
 base = rss()
 opt = {make}
+buf = torch.empty(d, dtype=torch.float64)  # one gradient buffer: no allocation per step
 for i in range(steps):
-    p.grad = grads[i % 4] * (1.0 + i)
+    torch.randn(d, dtype=torch.float64, generator=gen, out=buf)
+    p.grad = buf
     opt.step()
 grown = rss() - base
 seen, state = set(), 0
