@@ -4,7 +4,8 @@
   not count; module-level data needs a ``#:`` comment) with an ``Examples`` section
   (functions and classes), and is listed in ``docs/api.rst``;
 * the README's two set-up commands appear verbatim in ``docs/getting_started.rst``;
-* every Python example of ``docs/getting_started.rst`` runs as written;
+* every Python example of ``docs/getting_started.rst`` runs as written, and so does every one
+  of ``docs/scaling.rst`` (skipping, with the reason, when its optional extra is missing);
 * with numpydoc installed (the ``docs`` extra), every public docstring parses cleanly.
 
 The Sphinx build itself (``sphinx-build -W``) is a separate CI step: the test extras do not
@@ -354,6 +355,22 @@ def test_getting_started_example_runs(code: str) -> None:
         pytest.importorskip("sklearn")
     with contextlib.redirect_stdout(io.StringIO()) as out:
         exec(compile(code, "getting_started.rst", "exec"), {"__name__": "__docs__"})
+    assert out.getvalue().strip(), "each example prints its result"
+
+
+SCALING = python_blocks(DOCS / "scaling.rst")
+
+
+@pytest.mark.parametrize("code", [c for _, c in SCALING], ids=[f"line{n}" for n, _ in SCALING])
+def test_scaling_example_runs(code: str) -> None:
+    if "import dask" in code:
+        pytest.importorskip(
+            "dask", reason="dask is not installed (pip install 'lowrank-precond[dask]')"
+        )
+    if "datasets.load" in code:
+        pytest.importorskip("sklearn")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(code, "scaling.rst", "exec"), {"__name__": "__docs__"})
     assert out.getvalue().strip(), "each example prints its result"
 
 

@@ -388,7 +388,9 @@ def objective(
         A name (default options) or a family object such as
         ``family("logistic", labels="pm1")`` or ``family("multinomial", n_classes=10)``.
     A : array, shape (n, d)
-        Real floating data, any backend (NumPy, torch, CuPy, array-API).
+        Real floating data, any backend (NumPy, torch, CuPy, array-API), or a dask array
+        chunked by rows (the ``dask`` extra; ``docs/scaling.rst``: each call is one dask
+        computation, the weights stay in memory).
     y : array, shape (n,)
         Labels, any backend: 0/1 or -1/+1 (logistic), classes ``0..K-1`` (multinomial,
         ``K = max(y)+1`` unless the family fixes ``n_classes``), reals (least squares),
