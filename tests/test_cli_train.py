@@ -35,6 +35,7 @@ RUN_KEYS = {
     "final_train_loss",
     "final_test_accuracy",
     "seconds",
+    "median_epoch_seconds",
     "history",
 }
 HISTORY_KEYS = {"epoch", "seconds", "train_loss", "test_loss", "test_accuracy"}
