@@ -305,7 +305,6 @@ class DaskObjective(Objective):
             bias=bias,
             family=self.family,
             n=self.n_samples,
-            weighted=s is not None,
         )
         return blocks.sum(axis=0).compute()
 
@@ -319,15 +318,14 @@ def _partials(
     bias: Any,
     family: Family,
     n: int,
-    weighted: bool | None = None,
 ) -> Any:
     """``(1, q)``: ``n_b / n`` times ``[loss, vec(a^T dz), vec(sum dz)]`` of one block of
     ``n_b`` rows, by the family's own (NumPy-path) code; ``q = 1 + coef.size (+ K)``.
 
     ``bias`` is the intercept row ``(1,)`` or ``(1, K)`` or ``None`` (``z = a coef + b``, as
     :meth:`Objective._linear <lowrank_precond.glm.objective.Objective>` makes it)."""
-    if weighted is False:
-        s = None
+    if a.shape[0] == 0:  # an empty block (dask allows them) adds nothing
+        return np.zeros((1, 1 + coef.size + (0 if bias is None else bias.size)), dtype=a.dtype)
     z = a @ coef if bias is None else a @ coef + bias
     loss, dz = family.loss_and_grad_z(z, Y, s)
     pieces = [np.reshape(loss, (1,)), np.reshape(a.T @ dz, (-1,))]

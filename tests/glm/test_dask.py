@@ -87,6 +87,20 @@ def test_loss_and_gradient_match_numpy(name, fit_intercept, rng):
     _close(*fun(flat), *ref(flat))
 
 
+def test_uneven_and_empty_blocks(rng):
+    A, y, info = _load("diabetes")
+    chunks = (0, 100, 0, 42, 300)
+    Ad, yd = da.from_array(A, chunks=(chunks, -1)), da.from_array(y, chunks=(chunks,))
+    ref = objective("least_squares", A, y, lam=0.1, fit_intercept=True)
+    fun = objective("least_squares", Ad, yd, lam=0.1, fit_intercept=True)
+    w = 0.05 * rng.standard_normal(ref.shape)
+    _close(*fun(w), *ref(w))
+    stoch = objective("least_squares", Ad, yd, batch_size=50, rng=0)
+    for _ in range(10):
+        loss, grad = stoch(w[:-1])
+        assert np.isfinite(loss) and len(stoch.batch_indices()) in (42, 50)  # never empty
+
+
 def test_in_memory_labels_weights_and_pm1_coding(rng):
     """``y`` and ``sample_weight`` may be NumPy (chunked like ``A`` here) or dask."""
     A, y, info = _load("breast_cancer")
