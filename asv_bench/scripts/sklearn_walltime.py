@@ -53,10 +53,11 @@ def _iters(est) -> int:
     return int(np.max(np.atleast_1d(est.n_iter_))) if est.n_iter_ is not None else 0
 
 
-def _time(make, A, y, repeats):
+def _time(cls, params, A, y, repeats):
+    """Median wall time of ``repeats`` fits of ``cls(**params)`` and the last estimator."""
     times, est = [], None
     for _ in range(repeats):
-        est = make()
+        est = cls(**params)
         t = time.perf_counter()
         est.fit(A, y)
         times.append(time.perf_counter() - t)
@@ -82,11 +83,13 @@ def main() -> None:
         def rel(est, w_ref=w_ref):
             return np.linalg.norm(_coefs(est) - w_ref) / np.linalg.norm(w_ref)
 
-        t, est = _time(lambda: ours_cls(tol=args.tol), A, y, args.repeats)
+        t, est = _time(ours_cls, {"tol": args.tol}, A, y, args.repeats)
         rows.append((name, "lowrank_precond", t, _iters(est), rel(est)))
         for solver in solvers:
-            kw = {"max_iter": 100000} if sk_cls is not Ridge else {}
-            t, est = _time(lambda: sk_cls(solver=solver, tol=args.tol, **kw), A, y, args.repeats)
+            params = {"solver": solver, "tol": args.tol}
+            if sk_cls is not Ridge:
+                params["max_iter"] = 100000
+            t, est = _time(sk_cls, params, A, y, args.repeats)
             rows.append((name, f"sklearn {solver}", t, _iters(est), rel(est)))
         for solver in NOT_OFFERED.get(name, ()):
             rows.append((name, f"sklearn {solver}", None, None, None))

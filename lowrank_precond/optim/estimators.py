@@ -86,7 +86,7 @@ _SOLVER_PARAMETERS = """fit_intercept : bool, default True
 
 _SOLVER_ATTRIBUTES = """n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Feature names, defined only when ``X`` had string column names."""
 
 _STREAMING = """``partial_fit`` takes one epoch (one step for full batch) on the chunk it is given,
