@@ -1,23 +1,27 @@
 """Compiled passes of the fused KSL and sketch steps (optional: ``numba``, the ``fast`` extra).
 
-The row-blocked passes of :mod:`lowrank_precond.linalg.streaming` run NumPy calls on blocks
-of rows (:mod:`lowrank_precond.backends.numpy_kernels`): a few calls and sweeps per block, each
-a small matrix product whose inner dimension is the rank. Compiled for a fixed rank, one loop
-over the rows does all of a pass's arithmetic on each row while it is in registers: every
-factor is read once per pass and the outputs are written once. Measured at d = 1e6, r = 5,
-float64, one thread: the writing pass 13.5 ms instead of 23 ms, the ``gbar`` pass 7 ms
-instead of 10 ms (an in-place copy of ``U`` and ``V`` takes 11 ms on that machine;
-``asv_bench/scripts/step_vs_floor.py`` times the whole step).
+The row-blocked passes of :mod:`lowrank_precond.linalg.streaming` and
+:mod:`lowrank_precond.linalg.streaming_sketch` run NumPy calls on blocks of rows
+(:mod:`lowrank_precond.backends.numpy_kernels`): a few calls and sweeps per block, each a
+small matrix product whose inner dimension is the rank. Here each pass is one loop over the
+rows, generated for its rank: a row's entries, the small coefficients and the partial sums
+are local scalars, so a row's arithmetic runs in registers, every factor is read once per
+pass and each output written once. Measured at d = 1e6, r = 5, float64, one thread (an
+in-place copy of ``U`` and ``V`` took 11 ms): the writing pass 5.6 ms in place (10 ms into a
+new buffer) instead of 12.9 ms for the NumPy blocks, the ``gbar`` pass 4.8 ms instead of 6.6,
+its symmetric form 9.7 ms instead of 19.8 (``asv_bench/scripts/step_vs_floor.py`` times the
+whole step).
 
-Each pass here computes exactly what the NumPy blocks compute (same formulas, same inputs);
-the rounding differs (sums are accumulated in float64 per block of :data:`SUM_ROWS` rows, then
-added up), within the step's documented accuracy. Sums of products are accumulated in float64
-for float32 factors too.
+Each pass computes what the NumPy blocks compute (same formulas, same inputs); the rounding
+differs (sums run in float64, in order, per block of :data:`SUM_ROWS` rows, then added up;
+products may be contracted into FMAs), within the step's documented accuracy, and equal
+inputs give equal bits wherever they lie in memory. The writing passes may run in place
+(the output is the input factor buffer): a row is read before any of it is written.
 
 Where ``numba`` is not installed, or the rank is above :data:`MAX_RANK`, :func:`ksl_kernels`
 returns ``None`` and the NumPy blocks run. Kernels are compiled on first use per rank and
-dtype (about a second each; cached on disk where the package directory is writable), so
-the fused step uses them only from :data:`MIN_ROWS` rows, where a step takes milliseconds.
+dtype (about a second each; cached on disk, see :func:`_compiled`), so the fused steps use
+them only from :data:`MIN_ROWS` rows, where a step takes milliseconds.
 
 Examples
 --------
@@ -54,8 +58,11 @@ __all__ = [
 AVAILABLE = numba is not None
 #: the compiled passes run from this many rows (below, the NumPy blocks: no compile cost)
 MIN_ROWS = 1 << 15
-#: the largest rank compiled (one specialisation per rank)
-MAX_RANK = 32
+#: the largest rank compiled (one specialisation per rank). The generated code unrolls the
+#: rank: compiling the symmetric pass takes 2.5 s at r = 8, 7 s at r = 12 and 33 s at r = 20
+#: (once per machine, cached on disk), while from r ~ 10 the NumPy blocks' matrix products
+#: are efficient BLAS calls anyway
+MAX_RANK = 8
 #: rows per partial sum (float64 accumulators, added up per block)
 SUM_ROWS = 1024
 
