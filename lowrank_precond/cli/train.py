@@ -121,7 +121,7 @@ def skip_reason(label: str, n_params: int, rank: int) -> str | None:
 
     Examples
     --------
-    >>> skip_reason("FullMatrixAdaGrad", 101770, 5)[:50]
+    >>> skip_reason("FullMatrixAdaGrad", 101770, 5)[:51]
     'skipped: its d x d matrix would need 82.9 GB (d = 1'
     >>> skip_reason("Adam", 101770, 5) is None
     True

