@@ -170,10 +170,10 @@ def test_float32_and_errors():
     assert A.dtype == np.float32 and y.dtype == np.int64
     with pytest.raises(
         ValueError,
-        match=r"name: unknown data set 'mnist'.*'breast_cancer'.*"
+        match=r"name: unknown data set 'cifar10'.*'breast_cancer'.*"
         r"'randhie'",
     ):
-        datasets.load("mnist")
+        datasets.load("cifar10")
     with pytest.raises(ValueError, match="split"):
         datasets.load("digits", split="validation")
     with pytest.raises(ValueError, match="dtype"):
