@@ -245,7 +245,7 @@ def test_torch_backend(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
-        (["--dataset", "mnist"], "--dataset"),
+        (["--dataset", "cifar10"], "--dataset"),
         (["--methods", "adagrad,lbfgs"], "--methods"),
         (["--methods", "adagrad:rank=3"], "--methods"),
         (["--methods", "adagram:direction=sideways"], "--methods"),
