@@ -199,15 +199,12 @@ def _compiled(name: str, source: str) -> dict[str, Any]:
     return {key: jit(fn) for key, fn in namespace.items() if isinstance(fn, types.FunctionType)}
 
 
-def _lines(*chunks: Any) -> str:
-    """The source of a generated module: ``import numpy as np`` and the given lines."""
-    out = ["import numpy as np", ""]
-    for c in chunks:
-        if isinstance(c, str):
-            out.append(c)
-        else:
-            out.extend(c)
-    return "\n".join(out) + "\n"
+def _module(*functions: list[str]) -> str:
+    """The source of a generated module: ``import numpy as np`` and the functions' lines."""
+    lines = ["import numpy as np"]
+    for fn in functions:
+        lines += ["", "", *fn]
+    return "\n".join(lines) + "\n"
 
 
 def _sum(terms: list[str]) -> str:
@@ -215,227 +212,180 @@ def _sum(terms: list[str]) -> str:
     return " + ".join(terms) if terms else "0.0"
 
 
+def _row_loop(nb: int, sums: list[str], body: list[str]) -> list[str]:
+    """A loop over the rows ``i`` (the locals ``d``, the row count, and the loaded rows are
+    the caller's) in blocks of ``nb``: ``body`` adds to the partial sums ``_<name>`` of
+    ``sums`` (float64, zeroed per block), which are then added to the totals ``<name>``."""
+    return [
+        *[f"    {name} = 0.0" for name in sums],
+        f"    for a in range(0, d, {nb}):",
+        *[f"        _{name} = 0.0" for name in sums],
+        f"        for i in range(a, min(a + {nb}, d)):",
+        *[f"            {line}" for line in body],
+        *[f"        {name} += _{name}" for name in sums],
+    ]
+
+
+def _array(name: str, shape: tuple[int, ...], values: dict[tuple[int, ...], str]) -> list[str]:
+    """Lines that build the float64 array ``name`` of ``shape`` from scalar locals."""
+    lines = [f"    {name} = np.empty({shape})"]
+    return lines + [f"    {name}[{', '.join(map(str, ix))}] = {v}" for ix, v in values.items()]
+
+
 def _ksl_source(r: int, nb: int) -> str:
-    """The KSL passes of :class:`KslKernels` for rank ``r`` (partial sums per ``nb`` rows)."""
-    k2 = 2 * r
-    R, K = range(r), range(k2)
-    rows = [f"    w{k} = W[{k}]" for k in K]
-    src = []
-    # ---- project
-    src += [
-        "def project(W, g):",
-        "    d = W.shape[1]",
-        *[f"    w{r + k} = W[{r + k}]" for k in R],
-        *[f"    c{k} = 0.0" for k in R],
-        "    gg = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        *[f"        s{k} = 0.0" for k in R],
-        "        sg = 0.0",
-        "        for i in range(a, b):",
-        "            gi = np.float64(g[i])",
-        "            sg += gi * gi",
-        *[f"            s{k} += w{r + k}[i] * gi" for k in R],
-        *[f"        c{k} += s{k}" for k in R],
-        "        gg += sg",
-        f"    c = np.empty({r})",
-        *[f"    c[{k}] = c{k}" for k in R],
-        "    return c, gg",
-        "",
+    """The KSL passes of :class:`KslKernels` for rank ``r`` (partial sums per ``nb`` rows).
+
+    Locals: ``w<k>`` the factor rows (``U`` rows ``0..r-1``, ``V`` rows ``r..2r-1``),
+    ``x<k>`` their entries in row ``i``, ``y`` the ``gbar`` entry.
+    """
+    R, K = range(r), range(2 * r)
+    start = ["    d = W.shape[1]", *[f"    w{k} = W[{k}]" for k in K]]
+    load = [f"x{k} = np.float64(w{k}[i])" for k in K]
+    c = {(k,): f"c{k}" for k in R}
+    Cs = {(j, k): f"C{j}_{k}" for j in R for k in R}
+    project_body = ["gi = np.float64(g[i])", "_gg += gi * gi"]
+    project_body += [f"_c{k} += x{r + k} * gi" for k in R]
+    gbar_body = [
+        "p[i] = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
+        "y = np.float64(p[i])",  # the stored value (p's dtype) is what later passes read
+        "_n += y * y",
+        *[f"_a{k} += x{k} * y" for k in K],
     ]
-    # ---- project_sym: also C[j, k] = sum u_j v_k
-    src += [
-        "def project_sym(W, g):",
-        "    d = W.shape[1]",
-        *rows,
-        *[f"    c{k} = 0.0" for k in R],
-        *[f"    C{j}_{k} = 0.0" for j in R for k in R],
-        "    gg = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        *[f"        s{k} = 0.0" for k in R],
-        *[f"        t{j}_{k} = 0.0" for j in R for k in R],
-        "        sg = 0.0",
-        "        for i in range(a, b):",
-        "            gi = np.float64(g[i])",
-        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
-        "            sg += gi * gi",
-        *[f"            s{k} += x{r + k} * gi" for k in R],
-        *[f"            t{j}_{k} += x{j} * x{r + k}" for j in R for k in R],
-        *[f"        c{k} += s{k}" for k in R],
-        *[f"        C{j}_{k} += t{j}_{k}" for j in R for k in R],
-        "        gg += sg",
-        f"    c = np.empty({r})",
-        *[f"    c[{k}] = c{k}" for k in R],
-        f"    C = np.empty(({r}, {r}))",
-        *[f"    C[{j}, {k}] = C{j}_{k}" for j in R for k in R],
-        "    return c, gg, C",
-        "",
+    av = {(k,): f"a{k}" for k in K}
+    upper = [(b, j) for b in R for j in R if j >= b]
+    # Y = V - U C row by row, its Gram matrix (upper triangle) and Y^T gbar
+    sym_body = [f"y{b} = x{r + b} - (" + _sum([f"C{j}_{b} * x{j}" for j in R]) + ")" for b in R]
+    sym_body += [f"_q{b} += y{b} * y" for b in R]
+    sym_body += [f"_G{b}_{j} += y{b} * y{j}" for b, j in upper]
+    gy = {(b, j): f"G{min(b, j)}_{max(b, j)}" for b in R for j in R}
+    coefficients = [f"    t{k} = t[{k}]" for k in R]
+    # the writing pass: Vm, Mm are block diagonal (U rows use e0, V rows e1)
+    side = [0 if k < r else 1 for k in K]
+    write_start = [
+        *start,
+        *[f"    o{k} = W1[{k}]" for k in K],
+        *[f"    m{k} = Mm[{side[k]}, {k}]" for k in K],
+        *[f"    v{k} = Vm[{k}, {side[k]}]" for k in K],
+        "    h0 = hcol[0]",
+        "    h1 = hcol[1]",
     ]
-    # ---- gbar
-    src += [
-        "def gbar(W, g, t, inv_root, p):",
-        "    d = W.shape[1]",
-        *rows,
-        *[f"    t{k} = t[{k}]" for k in R],
-        *[f"    a{k} = 0.0" for k in K],
-        "    n = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        *[f"        s{k} = 0.0" for k in K],
-        "        sn = 0.0",
-        "        for i in range(a, b):",
-        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
-        "            p[i] = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
-        "            y = np.float64(p[i])",
-        "            sn += y * y",
-        *[f"            s{k} += x{k} * y" for k in K],
-        *[f"        a{k} += s{k}" for k in K],
-        "        n += sn",
-        f"    av = np.empty({k2})",
-        *[f"    av[{k}] = a{k}" for k in K],
-        "    return av, n",
-        "",
+    write_body = [
+        "gb = p[i]",
+        *[f"x{k} = w{k}[i]" for k in K],  # the whole row before any of it is written
+        "e0 = h0 * gb - (" + _sum([f"m{k} * x{k}" for k in R]) + ")",
+        "e1 = h1 * gb - (" + _sum([f"m{k} * x{k}" for k in range(r, 2 * r)]) + ")",
     ]
-    # ---- gbar_sym: also Y = V - U C per row, GY = Y^T Y (upper), yg = Y^T gbar
-    up = [(b_, j) for b_ in R for j in R if j >= b_]
-    src += [
-        "def gbar_sym(W, g, t, inv_root, p, C):",
-        "    d = W.shape[1]",
-        *rows,
-        *[f"    t{k} = t[{k}]" for k in R],
-        *[f"    C{j}_{k} = C[{j}, {k}]" for j in R for k in R],
-        *[f"    a{k} = 0.0" for k in K],
-        *[f"    G{b_}_{j} = 0.0" for b_, j in up],
-        *[f"    q{k} = 0.0" for k in R],
-        "    n = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        *[f"        s{k} = 0.0" for k in K],
-        *[f"        h{b_}_{j} = 0.0" for b_, j in up],
-        *[f"        e{k} = 0.0" for k in R],
-        "        sn = 0.0",
-        "        for i in range(a, b):",
-        *[f"            x{k} = np.float64(w{k}[i])" for k in K],
-        "            p[i] = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
-        "            y = np.float64(p[i])",
-        "            sn += y * y",
-        *[f"            s{k} += x{k} * y" for k in K],
-        *[
-            f"            y{b_} = x{r + b_} - (" + _sum([f"C{j}_{b_} * x{j}" for j in R]) + ")"
-            for b_ in R
+    write_out = [f"o{k}[i] = x{k} + v{k} * e{side[k]}" for k in K]
+    return _module(
+        [
+            "def project(W, g):",
+            *start,
+            *_row_loop(nb, [*c.values(), "gg"], [*load[r:], *project_body]),
+            *_array("c", (r,), c),
+            "    return c, gg",
         ],
-        *[f"            e{b_} += y{b_} * y" for b_ in R],
-        *[f"            h{b_}_{j} += y{b_} * y{j}" for b_, j in up],
-        *[f"        a{k} += s{k}" for k in K],
-        *[f"        G{b_}_{j} += h{b_}_{j}" for b_, j in up],
-        *[f"        q{k} += e{k}" for k in R],
-        "        n += sn",
-        f"    av = np.empty({k2})",
-        *[f"    av[{k}] = a{k}" for k in K],
-        f"    GY = np.empty(({r}, {r}))",
-        *[f"    GY[{b_}, {j}] = G{b_}_{j}" for b_, j in up],
-        *[f"    GY[{j}, {b_}] = G{b_}_{j}" for b_, j in up if j != b_],
-        f"    yg = np.empty({r})",
-        *[f"    yg[{k}] = q{k}" for k in R],
-        "    return av, n, GY, yg",
-        "",
-    ]
-    # ---- write (published): Vm, Mm are block diagonal (U rows use e0, V rows e1)
-    outs = [f"    o{k} = W1[{k}]" for k in K]
-    coef = [f"    m{k} = Mm[{0 if k < r else 1}, {k}]" for k in K] + [
-        f"    v{k} = Vm[{k}, {0 if k < r else 1}]" for k in K
-    ]
-    e01 = [
-        "            e0 = h0 * gb - (" + _sum([f"m{k} * x{k}" for k in R]) + ")",
-        "            e1 = h1 * gb - (" + _sum([f"m{k} * x{k}" for k in range(r, k2)]) + ")",
-    ]
-    wr = [f"            o{k}[i] = x{k} + v{k} * e{0 if k < r else 1}" for k in K]
-    src += [
-        "def write(W, W1, p, Vm, Mm, hcol, inv_s):",
-        "    d = W.shape[1]",
-        *rows,
-        *outs,
-        *coef,
-        "    h0 = hcol[0]",
-        "    h1 = hcol[1]",
-        f"    for a in range(0, d, {nb}):",
-        "        for i in range(a, min(a + " + str(nb) + ", d)):",
-        "            gb = p[i]",
-        *[f"            x{k} = w{k}[i]" for k in K],
-        *e01,
-        *wr,
-        "            p[i] = gb * inv_s",
-        "",
-    ]
-    src += [
-        "def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):",
-        "    d = W.shape[1]",
-        *rows,
-        *outs,
-        *coef,
-        *[f"    z{k} = Mm[2, {k}]" for k in K],
-        "    h0 = hcol[0]",
-        "    h1 = hcol[1]",
-        "    h2 = hcol[2]",
-        "    pp = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        "        sp = 0.0",
-        "        for i in range(a, b):",
-        "            gb = p[i]",
-        *[f"            x{k} = w{k}[i]" for k in K],
-        *e01,
-        "            e2 = h2 * gb - (" + _sum([f"z{k} * x{k}" for k in K]) + ")",
-        *wr,
-        "            p[i] = inv_root * g[i] + e2",
-        "            y = np.float64(p[i])",
-        "            sp += y * y",
-        "        pp += sp",
-        "    return pp",
-        "",
-    ]
-    return _lines(src)
+        [
+            "def project_sym(W, g):",
+            *start,
+            *_row_loop(
+                nb,
+                [*c.values(), *Cs.values(), "gg"],
+                [*load, *project_body, *[f"_C{j}_{k} += x{j} * x{r + k}" for j in R for k in R]],
+            ),
+            *_array("c", (r,), c),
+            *_array("C", (r, r), Cs),
+            "    return c, gg, C",
+        ],
+        [
+            "def gbar(W, g, t, inv_root, p):",
+            *start,
+            *coefficients,
+            *_row_loop(nb, [*av.values(), "n"], [*load, *gbar_body]),
+            *_array("av", (2 * r,), av),
+            "    return av, n",
+        ],
+        [
+            "def gbar_sym(W, g, t, inv_root, p, C):",
+            *start,
+            *coefficients,
+            *[f"    C{j}_{k} = C[{j}, {k}]" for j in R for k in R],
+            *_row_loop(
+                nb,
+                [*av.values(), "n", *[f"q{b}" for b in R], *[f"G{b}_{j}" for b, j in upper]],
+                [*load, *gbar_body, *sym_body],
+            ),
+            *_array("av", (2 * r,), av),
+            *_array("GY", (r, r), gy),
+            *_array("yg", (r,), {(b,): f"q{b}" for b in R}),
+            "    return av, n, GY, yg",
+        ],
+        [
+            "def write(W, W1, p, Vm, Mm, hcol, inv_s):",
+            *write_start,
+            *_row_loop(nb, [], [*write_body, *write_out, "p[i] = gb * inv_s"]),
+        ],
+        [
+            "def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):",
+            *write_start,
+            *[f"    z{k} = Mm[2, {k}]" for k in K],
+            "    h2 = hcol[2]",
+            *_row_loop(
+                nb,
+                ["pp"],
+                [
+                    *write_body,
+                    "e2 = h2 * gb - (" + _sum([f"z{k} * x{k}" for k in K]) + ")",
+                    *write_out,
+                    "p[i] = inv_root * g[i] + e2",
+                    "y = np.float64(p[i])",
+                    "_pp += y * y",
+                ],
+            ),
+            "    return pp",
+        ],
+    )
 
 
 def _sketch_source(k: int, keep: int, nb: int) -> str:
     """The sketch passes of :class:`SketchKernels` (partial sums per ``nb`` rows)."""
     M, J = range(k), range(keep)
-    src = [
-        "def project(Ut, g):",
-        "    d = Ut.shape[1]",
-        *[f"    u{m} = Ut[{m}]" for m in M],
-        *[f"    c{m} = 0.0" for m in M],
-        "    gg = 0.0",
-        f"    for a in range(0, d, {nb}):",
-        f"        b = min(a + {nb}, d)",
-        *[f"        s{m} = 0.0" for m in M],
-        "        sg = 0.0",
-        "        for i in range(a, b):",
-        "            gi = np.float64(g[i])",
-        "            sg += gi * gi",
-        *[f"            s{m} += u{m}[i] * gi" for m in M],
-        *[f"        c{m} += s{m}" for m in M],
-        "        gg += sg",
-        f"    c = np.empty({k})",
-        *[f"    c[{m}] = c{m}" for m in M],
-        "    return c, gg",
-        "",
-        "def write(Ut, g, W1, p, wt, negA, cv, inv_sb):",
-        "    d = Ut.shape[1]",
-        *[f"    u{m} = Ut[{m}]" for m in M],
-        *[f"    o{j} = W1[{j}]" for j in J],
-        *[f"    w{j} = wt[{j}]" for j in J],
-        *[f"    cv{j} = cv[{j}]" for j in J],
-        *[f"    A{j}_{m} = negA[{j}, {m}]" for j in J for m in M],
-        "    for i in range(d):",
-        "        gi = g[i]",
-        *[f"        x{m} = u{m}[i]" for m in M],
-        *[
-            f"        o{j}[i] = w{j} * gi - (" + _sum([f"A{j}_{m} * x{m}" for m in M]) + ")"
-            for j in J
+    start = ["    d = Ut.shape[1]", *[f"    u{m} = Ut[{m}]" for m in M]]
+    c = {(m,): f"c{m}" for m in M}
+    return _module(
+        [
+            "def project(Ut, g):",
+            *start,
+            *_row_loop(
+                nb,
+                [*c.values(), "gg"],
+                [
+                    "gi = np.float64(g[i])",
+                    "_gg += gi * gi",
+                    *[f"_c{m} += u{m}[i] * gi" for m in M],
+                ],
+            ),
+            *_array("c", (k,), c),
+            "    return c, gg",
         ],
-        "        p[i] = inv_sb * gi + (" + _sum([f"cv{j} * o{j}[i]" for j in J]) + ")",
-        "",
-    ]
-    return _lines(src)
+        [
+            "def write(Ut, g, W1, p, wt, negA, cv, inv_sb):",
+            *start,
+            *[f"    o{j} = W1[{j}]" for j in J],
+            *[f"    w{j} = wt[{j}]" for j in J],
+            *[f"    cv{j} = cv[{j}]" for j in J],
+            *[f"    A{j}_{m} = negA[{j}, {m}]" for j in J for m in M],
+            *_row_loop(
+                nb,
+                [],
+                [
+                    "gi = g[i]",
+                    *[f"x{m} = u{m}[i]" for m in M],  # the whole row before any is written
+                    *[
+                        f"o{j}[i] = w{j} * gi - (" + _sum([f"A{j}_{m} * x{m}" for m in M]) + ")"
+                        for j in J
+                    ],
+                    "p[i] = inv_sb * gi + (" + _sum([f"cv{j} * o{j}[i]" for j in J]) + ")",
+                ],
+            ),
+        ],
+    )
