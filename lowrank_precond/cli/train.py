@@ -110,7 +110,7 @@ def make_optimizer(label: str, params: Sequence[Any], lr: float, rank: int) -> A
         return torch.optim.Adam(params, lr=lr)
     if label == "torch.Adagrad":
         return torch.optim.Adagrad(params, lr=lr)
-    import lowrank_precond.torch as lpt
+    import lowrank_precond.optim.torch as lpt  # (cli may not import lowrank_precond.torch)
 
     cls = getattr(lpt, label)
     return cls(params, lr=lr, rank=rank) if OPTIMIZERS[label][1] else cls(params, lr=lr)
