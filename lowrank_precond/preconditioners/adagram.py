@@ -568,6 +568,11 @@ _ARGS_DOC = """
         ``lambda_max ~ 1e4``; a float64 factor keeps it below ~1e-9 there, so the float32
         output is then exact to float32 rounding.
         Choose ``"float32"`` only when ``eps >= ~1e-6 lambda_max(G)`` (half the memory).
+        It is also the faster choice only for ``direction="published"``: the fused step of
+        the symmetric direction needs float64 factors (its principal-angle test resolves
+        sines down to 1e-7), so float32 factors send it to the reference path. Measured at
+        d = 1e6, r = 5 (published, torch step): 18.8 ms with float32 factors, 23.2 ms with
+        float64 ones (``docs/benchmarks.rst``).
     impl : {"auto", "reference", "fused"}
         Which implementation runs a step (as ``foreach=`` / ``fused=`` in ``torch.optim``).
         ``"reference"``: the array-API linear algebra of :mod:`lowrank_precond.linalg`, on
