@@ -683,6 +683,35 @@ def compare(
         s.label: dense_skip_reason(s.method, s.options, problem.fun.dim, rows) for s in specs
     }
     active = [s for s in specs if skipped[s.label] is None]
+    runs, ref = _run_all(problem, active, lr_grid, epochs, progress)
+    recorded = [f for rs in runs.values() for r in rs for f in r.loss if math.isfinite(f)]
+    f_star = min([ref["f_star"], *recorded])
+    if problem.streamed:
+        best_runs = [r for rs in runs.values() for r in rs if r.final_loss is not None]
+        if best_runs:
+            winner = min(best_runs, key=lambda r: min(r.loss))
+            ref["test"] = winner.test[winner.loss.index(min(winner.loss))]
+    scale = max(abs(f_star), 1.0)
+    grid = sorted(lr_grid)
+    methods = [
+        _method_entry(spec, runs.get(spec.label, []), skipped[spec.label], f_star, scale, grid)
+        for spec in specs
+    ]
+    return {
+        **_description(problem, epochs, lr_grid),
+        "reference": {**ref, "f_star_used": f_star},
+        "methods": methods,
+    }
+
+
+def _run_all(
+    problem: Problem,
+    active: Sequence[MethodSpec],
+    lr_grid: Sequence[float],
+    epochs: int,
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, list[Run]], dict[str, Any]]:
+    """Every (method, lr) run of :func:`compare` and the reference it measures them by."""
     runs: dict[str, list[Run]] = {}
     if problem.streamed:
         runs = run_lockstep(problem, active, lr_grid, epochs, progress=progress)
@@ -705,86 +734,71 @@ def compare(
                 if progress is not None:
                     progress(f"{spec.label} lr={lr:g}")
 
-    recorded = [f for rs in runs.values() for r in rs for f in r.loss if math.isfinite(f)]
-    f_star = min([ref["f_star"], *recorded])
-    if problem.streamed:
-        best_runs = [r for rs in runs.values() for r in rs if r.final_loss is not None]
-        if best_runs:
-            winner = min(best_runs, key=lambda r: min(r.loss))
-            ref["test"] = winner.test[winner.loss.index(min(winner.loss))]
-    scale = max(abs(f_star), 1.0)
-    grid = sorted(lr_grid)
-    methods = []
-    for spec in specs:
-        if skipped[spec.label] is not None:
-            methods.append(
-                {
-                    "label": spec.label,
-                    "method": spec.method,
-                    "options": spec.options,
-                    "preconditioner": repr(
-                        resolve_options(spec.method, {**spec.options, "lr": 1.0})[0]
-                    ),
-                    "grid": [],
-                    "lr": None,
-                    "lr_fixed": spec.lr is not None,
-                    "lr_on_grid_edge": None,
-                    "diverged": False,
-                    "skipped": skipped[spec.label],
-                }
-            )
-            continue
-        candidates = [r for r in runs[spec.label] if r.final_loss is not None]
-        best = min(candidates, key=lambda r: (r.final_loss, r.lr)) if candidates else None
-        entry: dict[str, Any] = {
-            "label": spec.label,
-            "method": spec.method,
-            "options": spec.options,
-            "preconditioner": repr(resolve_options(spec.method, {**spec.options, "lr": 1.0})[0]),
-            "grid": [
-                {
-                    "lr": r.lr,
-                    "final_loss": r.final_loss,
-                    "diverged": r.diverged,
-                    "status": r.status,
-                }
-                for r in runs[spec.label]
-            ],
-            "lr": None,
-            "lr_fixed": spec.lr is not None,
-            "lr_on_grid_edge": None,
-            "diverged": best is None,
-            "skipped": None,
-        }
-        if best is not None:
-            subopt = [f - f_star for f in best.loss]
-            rel = [s / scale for s in subopt]
-            reach = {f"{tol:g}": _steps_to(best, rel, tol) for tol in TOLERANCES}
-            entry.update(
-                lr=best.lr,
-                lr_on_grid_edge=spec.lr is None
-                and len(grid) > 1
-                and best.lr in (grid[0], grid[-1]),
-                final_loss=best.loss[-1],
-                final_subopt=subopt[-1],
-                final_rel_subopt=rel[-1],
-                steps_to={k: v[0] for k, v in reach.items()},
-                seconds_to={k: v[1] for k, v in reach.items()},
-                seconds=best.seconds[-1],
-                final_test=best.test[-1],
-                history={
-                    "epoch": best.epoch,
-                    "steps": best.steps,
-                    "seconds": best.seconds,
-                    "loss": best.loss,
-                    "grad_norm": best.grad_norm,
-                    "subopt": subopt,
-                    "rel_subopt": rel,
-                    "test": best.test,
-                },
-            )
-        methods.append(entry)
+    return runs, ref
 
+
+def _method_entry(
+    spec: MethodSpec,
+    runs: list[Run],
+    skipped: str | None,
+    f_star: float,
+    scale: float,
+    grid: list[float],
+) -> dict[str, Any]:
+    """One method's entry of ``results.json``: its grid, the best run and its history."""
+    entry: dict[str, Any] = {
+        "label": spec.label,
+        "method": spec.method,
+        "options": spec.options,
+        "preconditioner": repr(resolve_options(spec.method, {**spec.options, "lr": 1.0})[0]),
+        "grid": [],
+        "lr": None,
+        "lr_fixed": spec.lr is not None,
+        "lr_on_grid_edge": None,
+        "diverged": False,
+        "skipped": skipped,
+    }
+    if skipped is not None:
+        return entry
+    candidates = [r for r in runs if r.final_loss is not None]
+    best = min(candidates, key=lambda r: (r.final_loss, r.lr)) if candidates else None
+    entry["grid"] = [
+        {"lr": r.lr, "final_loss": r.final_loss, "diverged": r.diverged, "status": r.status}
+        for r in runs
+    ]
+    entry["diverged"] = best is None
+    if best is None:
+        return entry
+    subopt = [f - f_star for f in best.loss]
+    rel = [s / scale for s in subopt]
+    reach = {f"{tol:g}": _steps_to(best, rel, tol) for tol in TOLERANCES}
+    entry.update(
+        lr=best.lr,
+        lr_on_grid_edge=spec.lr is None and len(grid) > 1 and best.lr in (grid[0], grid[-1]),
+        final_loss=best.loss[-1],
+        final_subopt=subopt[-1],
+        final_rel_subopt=rel[-1],
+        steps_to={k: v[0] for k, v in reach.items()},
+        seconds_to={k: v[1] for k, v in reach.items()},
+        seconds=best.seconds[-1],
+        final_test=best.test[-1],
+        history={
+            "epoch": best.epoch,
+            "steps": best.steps,
+            "seconds": best.seconds,
+            "loss": best.loss,
+            "grad_norm": best.grad_norm,
+            "subopt": subopt,
+            "rel_subopt": rel,
+            "test": best.test,
+        },
+    )
+    return entry
+
+
+def _description(problem: Problem, epochs: int, lr_grid: Sequence[float]) -> dict[str, Any]:
+    """The parts of ``results.json`` that describe the run: version, data, settings,
+    definitions and the test metric."""
     info = problem.info
     fun = problem.fun
     return {
@@ -837,8 +851,6 @@ def compare(
             else "mean test loss (no penalty)",
         },
         "test_metric": problem.test_metric,
-        "reference": {**ref, "f_star_used": f_star},
-        "methods": methods,
     }
 
 
