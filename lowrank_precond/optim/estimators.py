@@ -292,6 +292,31 @@ class _Regressor(RegressorMixin, _GLM):
 
     _family = "least_squares"
 
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        *,
+        fit_intercept: bool = True,
+        method: str | Preconditioner = DEFAULT_METHOD,
+        rank: int | None = None,
+        lr: float | None = None,
+        max_iter: int = 2000,
+        tol: float = 1e-4,
+        batch_size: int | None = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+    ) -> None:
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.method = method
+        self.rank = rank
+        self.lr = lr
+        self.max_iter = max_iter
+        self.tol = tol
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.warm_start = warm_start
+
     def _set_solution(self, w: np.ndarray, fun: Objective) -> None:
         d = fun.n_features
         self.coef_ = w[:d].copy()
@@ -360,31 +385,6 @@ class LeastSquaresRegression(_Regressor):
     (True, 3.0)
     """
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        fit_intercept: bool = True,
-        method: str | Preconditioner = DEFAULT_METHOD,
-        rank: int | None = None,
-        lr: float | None = None,
-        max_iter: int = 2000,
-        tol: float = 1e-4,
-        batch_size: int | None = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-    ) -> None:
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.method = method
-        self.rank = rank
-        self.lr = lr
-        self.max_iter = max_iter
-        self.tol = tol
-        self.batch_size = batch_size
-        self.random_state = random_state
-        self.warm_start = warm_start
-
     def _lam(self, penalty: float, weight_sum: float) -> float:
         return penalty / weight_sum
 
@@ -442,31 +442,6 @@ class PoissonRegression(_Regressor):
     """
 
     _family = "poisson"
-
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        fit_intercept: bool = True,
-        method: str | Preconditioner = DEFAULT_METHOD,
-        rank: int | None = None,
-        lr: float | None = None,
-        max_iter: int = 2000,
-        tol: float = 1e-4,
-        batch_size: int | None = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-    ) -> None:
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.method = method
-        self.rank = rank
-        self.lr = lr
-        self.max_iter = max_iter
-        self.tol = tol
-        self.batch_size = batch_size
-        self.random_state = random_state
-        self.warm_start = warm_start
 
     def _lam(self, penalty: float, weight_sum: float) -> float:
         return penalty
