@@ -1228,8 +1228,18 @@ def _interrupts_deferred() -> Any:
             signal.raise_signal(received[0])
 
 
-def write_outputs(folder: str, results: dict[str, Any], table: str) -> list[str]:
+def write_outputs(
+    folder: str,
+    results: dict[str, Any],
+    table: str,
+    *,
+    plot_file: str = PLOT_FILE,
+    plot: Callable[[dict[str, Any], str], str | None] | None = None,
+) -> list[str]:
     """Write ``table.txt``, the plot and ``results.json`` into ``folder`` all or nothing.
+
+    ``plot(results, path)`` draws the figure into ``plot_file`` (default :func:`write_plot`;
+    ``lowrank-precond train`` passes its own) and returns why it was skipped, or ``None``.
 
     Every file is first written under a temporary name in ``folder``; only when all are
     complete are they renamed (:func:`os.replace`) into place, with interrupts held for those
@@ -1237,30 +1247,32 @@ def write_outputs(folder: str, results: dict[str, Any], table: str) -> list[str]
     ``results["plot"]``. Returns the lines to print: the files of an earlier run that
     were replaced or removed (if any) and why the plot was skipped (if it was).
     """
+    plot = write_plot if plot is None else plot
+    outputs = ("table.txt", plot_file, "results.json")
     staged: dict[str, str] = {}  # final name -> temporary path
     try:
         staged["table.txt"] = _temp_name(folder, "table.txt")
         with open(staged["table.txt"], "x", encoding="utf-8") as fh:
             fh.write(table + "\n")
-        staged[PLOT_FILE] = _temp_name(folder, PLOT_FILE)
-        skipped = write_plot(results, staged[PLOT_FILE])
+        staged[plot_file] = _temp_name(folder, plot_file)
+        skipped = plot(results, staged[plot_file])
         if skipped is not None:
             with contextlib.suppress(OSError):
-                os.remove(staged.pop(PLOT_FILE))
-        results["plot"] = None if skipped else PLOT_FILE
+                os.remove(staged.pop(plot_file))
+        results["plot"] = None if skipped else plot_file
         staged["results.json"] = _temp_name(folder, "results.json")
         with open(staged["results.json"], "x", encoding="utf-8") as fh:
             json.dump(_jsonable(results), fh, indent=1, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
         lines = []
-        old = [n for n in OUTPUT_FILES if os.path.exists(os.path.join(folder, n))]
+        old = [n for n in outputs if os.path.exists(os.path.join(folder, n))]
         if old:
             lines.append(f"replaced the results of an earlier run in {folder}: {', '.join(old)}")
         if skipped is not None:
             lines.append(f"plot skipped: {skipped}")
         with _interrupts_deferred():
-            for name in OUTPUT_FILES:
+            for name in outputs:
                 if name in staged:
                     os.replace(staged.pop(name), os.path.join(folder, name))
                 elif name in old:

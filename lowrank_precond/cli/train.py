@@ -53,7 +53,12 @@ from tqdm import tqdm
 
 from lowrank_precond import __version__
 from lowrank_precond.cli import UsageError
-from lowrank_precond.cli.compare import _float, _int, _jsonable, _temp_name, prepare_out
+from lowrank_precond.cli.compare import (
+    _float,
+    _int,
+    prepare_out,
+    write_outputs,
+)
 from lowrank_precond.glm import datasets
 from lowrank_precond.preconditioners.full import DEFAULT_MAX_DIM
 
@@ -82,7 +87,6 @@ DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_TUNE_ROWS = 10000
 DEFAULT_TUNE_EPOCHS = 1
 PLOT_FILE = "training.png"
-OUTPUT_FILES = ("table.txt", PLOT_FILE, "results.json")
 #: a run whose training loss exceeds this multiple of its initial loss counts as diverged
 DIVERGENCE_FACTOR = 10.0
 
@@ -495,37 +499,6 @@ def write_plot(results: dict[str, Any], path: str) -> str | None:
     return None
 
 
-def write_outputs(folder: str, results: dict[str, Any], table: str) -> list[str]:
-    """Write ``table.txt``, the plot and ``results.json`` (temporary names, then renamed)."""
-    import json
-
-    staged: dict[str, str] = {}
-    notes = []
-    try:
-        staged["table.txt"] = _temp_name(folder, "table.txt")
-        with open(staged["table.txt"], "x", encoding="utf-8") as fh:
-            fh.write(table + "\n")
-        staged[PLOT_FILE] = _temp_name(folder, PLOT_FILE)
-        skipped = write_plot(results, staged[PLOT_FILE])
-        if skipped is not None:
-            os.remove(staged.pop(PLOT_FILE))
-            notes.append(f"plot skipped: {skipped}")
-        results["plot"] = None if skipped else PLOT_FILE
-        staged["results.json"] = _temp_name(folder, "results.json")
-        with open(staged["results.json"], "x", encoding="utf-8") as fh:
-            json.dump(_jsonable(results), fh, indent=1, allow_nan=False)
-        for name in OUTPUT_FILES:
-            if name in staged:
-                os.replace(staged.pop(name), os.path.join(folder, name))
-            elif os.path.exists(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
-        return notes
-    finally:
-        for path in staged.values():
-            if os.path.exists(path):
-                os.remove(path)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -676,7 +649,7 @@ def run(args: argparse.Namespace) -> int:
     results["settings"]["wall_seconds"] = time.perf_counter() - started
     table = format_table(results)
     print(table)
-    notes = write_outputs(args.out, results, table)
+    notes = write_outputs(args.out, results, table, plot_file=PLOT_FILE, plot=write_plot)
     others = ["table.txt", *([PLOT_FILE] if results["plot"] else [])]
     print(f"\nwrote {os.path.join(args.out, 'results.json')}, {', '.join(others)}")
     for line in notes:
