@@ -86,6 +86,7 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, core_dtype, device_of, numba_kernels
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.linalg.lowrank import LowRank
 
 __all__ = [
@@ -237,6 +238,7 @@ def try_ksl_adagram_step(
     workspace: Workspace | None = None,
     overwrite: bool = False,
     accept: Callable[[float, float], bool] | None = None,
+    shards: Shards | None = None,
 ) -> StreamedStep | Declined:
     """Fused AdaGram increment + KSL Lie--Trotter step in three passes, or why not.
 
@@ -275,6 +277,12 @@ def try_ksl_adagram_step(
         anything is written: ``False`` declines the step (code ``"caller"``). For callers
         that must refuse a step on what it found (e.g. an overflowing running sum) before an
         ``overwrite`` makes it irreversible.
+    shards : Shards, optional, keyword-only
+        The factors and ``g`` are this process's rows ``[shards.start, shards.stop)`` of
+        length-``shards.size`` arrays (:mod:`lowrank_precond.backends.shards`): every pass's
+        sums over the rows are completed by ``shards.allreduce`` (one call per pass, ``O(r^2)``
+        numbers), the outputs are this process's rows, and every process takes the same
+        decisions (they depend only on the reduced sums). Default: all rows here.
 
     Returns
     -------
@@ -319,7 +327,7 @@ def try_ksl_adagram_step(
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction: expected 'published' or 'symmetric', got {direction!r}")
     U = lowrank.U
-    d, r = int(U.shape[0]), int(U.shape[1])
+    d, r = int(U.shape[0]) if shards is None else shards.size, int(U.shape[1])
     declined = _static_decline(U, d, r, U.dtype, direction)
     if declined is not None:
         return declined
@@ -341,7 +349,9 @@ def try_ksl_adagram_step(
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _host_step(kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept)
+        res = _host_step(
+            kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept, shards
+        )
     if isinstance(res, Declined):
         return res
     return _from_host(kernels, res, lowrank)
@@ -413,10 +423,13 @@ def _safe_range(xp: Any, dtype: Any) -> tuple[float, float]:
 class _Passes:
     """What the passes over ``d`` read (host arrays), and where they write blocks."""
 
-    def __init__(self, ops: Any, U: Any, V: Any, g: Any, eps: float):
+    def __init__(self, ops: Any, U: Any, V: Any, g: Any, eps: float, shards: Shards | None = None):
         xp = self.xp = array_namespace(U)
         self.ops = ops
         self.d, self.r = d, r = int(U.shape[0]), int(U.shape[1])
+        #: the rows here are ``shards``'s of ``d_total`` (``None``: all of them)
+        self.shards = shards
+        self.d_total = d if shards is None else shards.size
         self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
         self.g = g
         self.root = math.sqrt(eps)
@@ -438,6 +451,14 @@ class _Passes:
         #: the compiled passes (``numba``, from ``numba_kernels.MIN_ROWS`` rows), or None
         self.jit = numba_kernels.ksl_kernels(r) if d >= numba_kernels.MIN_ROWS else None
 
+    def reduce(self, *parts: Any) -> tuple[Any, ...]:
+        """The sums of ``parts`` (small arrays, floats; ``None`` passes through) over every
+        shard's rows: ``parts`` itself when this process holds all rows."""
+        if self.shards is None:
+            return parts
+        summed = iter(self.shards.allreduce([x for x in parts if x is not None]))
+        return tuple(None if x is None else next(summed) for x in parts)
+
     def gblock(self, a: int, b: int) -> Any:
         """``g[a:b]`` in the factor dtype."""
         gb = self.g[a:b]
@@ -454,12 +475,12 @@ class _Passes:
 
 def _host_step(
     ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any,
-    overwrite: bool = False, accept: Any = None,
+    overwrite: bool = False, accept: Any = None, shards: Shards | None = None,
 ) -> _HostStep | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, S, V, g)``: passes 1 and 2, the small
     algebra, pass 3."""
     U, S, V, g = host
-    P = _Passes(ops, U, V, g, eps)
+    P = _Passes(ops, U, V, g, eps, shards)
     red = _reduce(P, S, direction == "symmetric", refresh, alloc)
     if isinstance(red, Declined):
         return red
@@ -498,6 +519,8 @@ def _host_step(
     if accept is not None and not accept(red.gg, nu):
         return Declined("caller", "the caller's check of |g|^2 and |gbar| refused the step")
     W1, pp = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc, overwrite)
+    if sym is not None:
+        (pp,) = P.reduce(pp)
     if sym is not None and pp > 0.0 and math.isfinite(pp):
         # the symmetric direction at its exact length |G^{-1/2} g| = |L^{-1} g| = nu / s
         ops.scale_into(red.p, (slice(0, P.d),), (nu / s) / math.sqrt(pp))
@@ -545,13 +568,13 @@ def _reduce(P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any) -> _
     """Passes 1 and 2 and the checks of what they found."""
     xp, cdt, r = P.xp, P.cdt, P.r
     Sc = xp.astype(S, cdt)
-    c1, gg, C = _pass_project(P, symmetric)
+    c1, gg, C = P.reduce(*_pass_project(P, symmetric))
     c1c = xp.astype(c1, cdt)
     if not math.isfinite(float(xp.sum(c1c))):
         return Declined("gradient", "V^T g is not finite")
     t = xp.astype((Sc @ c1c) * P.inv_root, P.dt)
     p = alloc((P.d,))
-    av, n, G, GY, yg = _pass_gbar(P, t, p, C, refresh)
+    av, n, G, GY, yg = P.reduce(*_pass_gbar(P, t, p, C, refresh))
     lo, hi = _safe_range(xp, P.dt)
     if not (lo < n < hi):
         return Declined("gradient", f"|gbar|^2 = {n:.3g} is zero, non-finite or out of range")
@@ -688,7 +711,7 @@ def _pass_reorthogonalise(
     """
     xp, dt, r = P.xp, P.dt, P.r
     needs = [sd for sd in sides if sd.h2 < EXTEND_MIN * n]
-    drop_tol = 10.0 * float(xp.finfo(dt).eps) * math.sqrt(max(P.d, 100)) * nu
+    drop_tol = 10.0 * float(xp.finfo(dt).eps) * math.sqrt(max(P.d_total, 100)) * nu
     for sd in needs:
         sd.explicit = True
         sd.a_tall = xp.astype(sd.coef, dt)
@@ -705,6 +728,7 @@ def _pass_reorthogonalise(
                 sd.a2 = sd.a2 + sd.Ft[:, a:b] @ hb
                 sd.hh += float(hb @ hb)
     for sd in needs:
+        sd.a2, sd.hh = P.reduce(sd.a2, sd.hh)
         a2c = xp.astype(sd.a2, P.cdt)
         h2 = sd.hh - float(a2c @ a2c)
         sd.coef = sd.coef + a2c

@@ -49,6 +49,7 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, core_dtype, device_of, numba_kernels
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined, FusedKernels, fused_declined, fused_kernels
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.linalg.sketch import (
     _NEW_COLUMN_TOL,
     _ORTH_TOL,
@@ -164,6 +165,7 @@ def try_fd_sketch_step(
     refresh: bool = False,
     workspace: Workspace | None = None,
     overwrite: bool = False,
+    shards: Shards | None = None,
 ) -> StreamedSketchStep | Declined:
     """Frequent-Directions update of a full sketch fused with its direction (two passes).
 
@@ -195,6 +197,12 @@ def try_fd_sketch_step(
         buffer read and written instead of two. ``sketch`` must not be used after a step that
         returns a :class:`StreamedSketchStep`; after a :class:`Declined` it is unchanged
         (every check runs before the first write). Default ``False``: nothing is modified.
+    shards : Shards, optional, keyword-only
+        ``U`` and ``g`` are this process's rows of length-``shards.size`` arrays
+        (:mod:`lowrank_precond.backends.shards`): each pass's sums over the rows are
+        completed by ``shards.allreduce`` (``O(k^2)`` numbers), the outputs are this
+        process's rows. A refresh step that finds a drift declines (``"geometry"``: its
+        re-orthonormalisation is a tall QR). Default: all rows here.
 
     Returns
     -------
@@ -225,7 +233,8 @@ def try_fd_sketch_step(
     True
     """
     U = sketch.U
-    declined = _static_decline(U, int(U.shape[0]), int(U.shape[1]), U.dtype)
+    d = int(U.shape[0]) if shards is None else shards.size
+    declined = _static_decline(U, d, int(U.shape[1]), U.dtype)
     if declined is not None:
         return declined
     kernels = fused_kernels(U)
@@ -245,7 +254,7 @@ def try_fd_sketch_step(
     scales = (float(feed_scale), float(apply_scale))
     with warnings.catch_warnings(), kernels.single_threaded():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow: declined below
-        res = _host_step(kernels.ops, host, eps, shrink, scales, refresh, alloc, overwrite)
+        res = _host_step(kernels.ops, host, eps, shrink, scales, refresh, alloc, overwrite, shards)
     if isinstance(res, Declined):
         return res
     U1, sig2, rho, p = (kernels.wrap(x) for x in res)
@@ -268,8 +277,9 @@ def _to_host(kernels: FusedKernels, sketch: GramSketch, g: Any) -> tuple[Any, ..
 class _Passes:
     """What the passes over ``d`` read (host arrays)."""
 
-    def __init__(self, ops: Any, U: Any, g: Any):
+    def __init__(self, ops: Any, U: Any, g: Any, shards: Shards | None = None):
         self.ops = ops
+        self.shards = shards
         self.xp = xp = array_namespace(U)
         self.d, self.k = d, k = int(U.shape[0]), int(U.shape[1])
         self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
@@ -282,23 +292,33 @@ class _Passes:
         #: compiled passes are used from ``numba_kernels.MIN_ROWS`` rows
         self.compiled = d >= numba_kernels.MIN_ROWS
 
+    def reduce(self, *parts: Any) -> tuple[Any, ...]:
+        """The sums of ``parts`` (``None`` passes through) over every shard's rows."""
+        if self.shards is None:
+            return parts
+        summed = iter(self.shards.allreduce([x for x in parts if x is not None]))
+        return tuple(None if x is None else next(summed) for x in parts)
+
 
 def _host_step(
     ops: Any, host: tuple[Any, ...], eps: float, shrink: bool, scales: Any, refresh: bool,
-    alloc: Any, overwrite: bool = False,
+    alloc: Any, overwrite: bool = False, shards: Shards | None = None,
 ) -> tuple[Any, ...] | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, sig2, rho, g)``: pass 1, the residual, the
     core, pass 2. Returns the host ``(U_new, sig2_new, rho_new, p)``."""
     U, sig2, rho, g = host
-    P = _Passes(ops, U, g)
+    P = _Passes(ops, U, g, shards)
     xp, cdt, k = P.xp, P.cdt, P.k
-    c1, gg, K = _pass_project(P, refresh)
+    c1, gg, K = P.reduce(*_pass_project(P, refresh))
     if refresh:
         u = float(xp.finfo(P.dt).eps) / 2
         drift = float(xp.max(xp.abs(xp.astype(K, cdt) - xp.eye(k, dtype=cdt, device=P.dev))))
         if not math.isfinite(drift):
             return Declined("gradient", "U^T U is not finite")
         if drift > _ORTH_TOL * u * math.sqrt(k + 1):
+            if shards is not None:
+                reason = "a drift to re-orthonormalise: a tall QR, not a sum over the rows"
+                return Declined("geometry", reason)
             U2, sig2 = _reorthonormalize(xp, U, sig2)
             P.Ut = _row_copy(ops, U2)
             c1, gg, _ = _pass_project(P, False)
@@ -351,6 +371,7 @@ def _residual(P: _Passes, c1: Any, c1c: Any, gg: float, csq: float) -> tuple[flo
             hb = _first_residual(P, H, c1, a, b)
             c2 = c2 + P.Ut[:, a:b] @ hb
             hh += float(hb @ hb)
+        c2, hh = P.reduce(c2, hh)
         c2c = xp.astype(c2, P.cdt)
         beta2 = hh - float(c2c @ c2c)
     return math.sqrt(max(beta2, 0.0)), c2, H

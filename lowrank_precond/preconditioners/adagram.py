@@ -25,6 +25,7 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.linalg._unchecked import (
     _factored,
     _inverse_factor_update,
@@ -279,6 +280,7 @@ def _fused(
     direction: str,
     workspace: Workspace,
     overwrite: bool = False,
+    shards: Shards | None = None,
 ) -> tuple[dict[str, Any], Any] | Declined:
     """The truncated KSL step with its direction in a few row-blocked passes over ``d``.
 
@@ -289,13 +291,16 @@ def _fused(
     path. ``g`` may still be in the parameter's dtype. ``overwrite``: the new factors may be
     written into the old ones' memory (``state`` must not be used after a step that returns
     fields; the counters are checked before anything is written, so a step that would
-    overflow them declines and leaves ``state`` as it was).
+    overflow them declines and leaves ``state`` as it was). ``shards``: the state and ``g``
+    are this process's rows (see :func:`try_ksl_adagram_step`).
     """
     old = _lowrank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
     counters: dict[str, Any] = {}
 
     def accept(gg: float, nu: float) -> bool:
+        if not (gg > 1e-280 and math.isfinite(gg)) and shards is not None:
+            return False  # |g| needs the scaled norm of the whole vector: the general path
         gnorm = math.sqrt(gg) if gg > 1e-280 and math.isfinite(gg) else safe_norm(g)
         try:
             counters.update(_counters(state, gnorm, nu, eps))
@@ -312,6 +317,7 @@ def _fused(
         workspace=workspace,
         overwrite=overwrite,
         accept=accept,
+        shards=shards,
     )
     if isinstance(res, Declined):
         return res
@@ -485,25 +491,39 @@ class _Curvature:
     #: ``observe(..., overwrite=True)`` may write the new factors into the old ones
     supports_overwrite = True
 
+    #: the fields that hold one row per parameter entry (split by :class:`Shards`)
+    row_fields = ("P", "Q", "U", "V")
+
+    def _try_fused(
+        self, grad: Any, state: AdaGramState, own: bool, overwrite: bool, shards: Shards | None
+    ) -> tuple[dict[str, Any], _View] | str:
+        """The fused step's ``(fields, view)``, or the ``last_impl`` of the reference step
+        that must run instead."""
+        d = int(state.U.shape[0]) if shards is None else shards.size
+        if not (self.fused and own and self._available(state.U, d, state.U.dtype)[0]):
+            return "reference"
+        if not state.truncated:
+            return "reference: warm-up (the fused step needs a truncated factor)"
+        # raw flat gradient: the fused step casts it block by block
+        g = self.flat(grad, state, cast=False)
+        res = _fused(state, g, self.eps, self.direction, self.workspace, overwrite, shards)
+        if isinstance(res, Declined):
+            return f"reference: the fused step declined ({res.code}: {res.reason})"
+        fields, direction = res
+        return fields, _View(None, None, self.direction, self.eps, own=direction)
+
+    def observe_rows(
+        self, grad: Any, state: AdaGramState, *, own: bool, shards: Shards, overwrite: bool = False
+    ) -> tuple[dict[str, Any], _View] | None:
+        """The step on this process's rows only (``None``: it needs the whole vectors);
+        see :mod:`lowrank_precond.preconditioners.sharded`."""
+        res = self._try_fused(grad, state, own, overwrite, shards)
+        return None if isinstance(res, str) else res
+
     def observe(self, grad: Any, state: AdaGramState, *, own: bool, overwrite: bool = False):
-        impl = "reference"
-        if self.fused and own and self._available(state.U, int(state.U.shape[0]), state.U.dtype)[0]:
-            if not state.truncated:
-                impl = "reference: warm-up (the fused step needs a truncated factor)"
-            else:
-                # raw flat gradient: the fused step casts it block by block
-                res = _fused(
-                    state,
-                    self.flat(grad, state, cast=False),
-                    self.eps,
-                    self.direction,
-                    self.workspace,
-                    overwrite,
-                )
-                if not isinstance(res, Declined):
-                    fields, direction = res
-                    return fields, _View(None, None, self.direction, self.eps, own=direction)
-                impl = f"reference: the fused step declined ({res.code}: {res.reason})"
+        impl = self._try_fused(grad, state, own, overwrite, None)
+        if not isinstance(impl, str):
+            return impl
         g = self.flat(grad, state)
         d = int(g.shape[0])
         # the state's own d bounds the rank: with d <= rank, rank d is exact
@@ -587,6 +607,13 @@ _ARGS_DOC = """
         The warm-up steps before truncation, and steps whose gradient geometry the fused
         kernel leaves to the reference path, run the reference step; ``state.last_impl``
         says which implementation ran the last step.
+    shards : Shards, optional
+        Split the state over processes by rows (:mod:`lowrank_precond.backends.shards`):
+        ``init`` and ``update`` then take this process's rows ``[shards.start,
+        shards.stop)`` of the flattened parameter and gradient, and return those rows of the
+        direction; the state holds only those rows of its ``(d, k)`` arrays (see
+        :mod:`lowrank_precond.preconditioners.sharded` and ``docs/scaling.rst``). Every
+        process must call ``update`` together (the steps communicate).
 """
 
 
@@ -612,6 +639,7 @@ def adagram(
     nonfinite: str = "raise",
     factor_dtype: Any = None,
     impl: str = "auto",
+    shards: Shards | None = None,
 ) -> Preconditioner:
     """AdaGram: full-matrix AdaGrad through a rank-one-updated inverse factor.
 
@@ -690,7 +718,7 @@ def adagram(
     curvature = _Curvature(rank, integrator, direction, eps, order, tol, factor_dtype, impl, b1=0.0)
     hyper = curvature.hyperparams()
     hyper["nonfinite"] = nonfinite
-    return precondition("adagram", curvature, hyper)
+    return precondition("adagram", curvature, hyper, shards=shards)
 
 
 # --------------------------------------------------------------------------- adamgram
@@ -708,6 +736,7 @@ def adamgram(
     nonfinite: str = "raise",
     factor_dtype: Any = None,
     impl: str = "auto",
+    shards: Shards | None = None,
 ) -> Preconditioner:
     """AdamGram: AdaGram's preconditioner applied to a bias-corrected first moment.
 
@@ -794,4 +823,4 @@ def adamgram(
 
     hyper = curvature.hyperparams()
     hyper.update(betas=(b1, b2), nonfinite=nonfinite)
-    return precondition("adamgram", curvature, hyper, momentum=b1)
+    return precondition("adamgram", curvature, hyper, momentum=b1, shards=shards)

@@ -33,6 +33,7 @@ from lowrank_precond.backends import (
     name_of,
     quiet_floating_point,
 )
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.preconditioners._common import safe_norm
 
 __all__ = [
@@ -156,7 +157,7 @@ def _check_same_kind(grad: Any, state: Any) -> None:
         return
 
 
-def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
+def guard_nonfinite(update: UpdateFn, nonfinite: str, shards: Shards | None = None) -> UpdateFn:
     """Wrap ``update`` (the unchecked step) in the checks of the public entry point.
 
     One mechanism for every method, so that a bad step is one event with one behaviour:
@@ -178,8 +179,30 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
         ``update(grad, state) -> (direction, state)``, the method's step without checks.
     nonfinite : {"raise", "skip"}
         What a non-finite step does (above).
+    shards : Shards, optional
+        ``grad`` and the direction are this process's rows: the checks are decided on the
+        whole vectors (one ``shards.allreduce`` of three numbers before the step and one
+        after), so that every process takes the same decision.
     """
     check_in("nonfinite", nonfinite, NONFINITE)
+
+    def norm_verdict(xp: Any, grad: Any) -> tuple[bool, float, float]:
+        """``(finite, |grad|, bound)`` of the whole gradient."""
+        n = safe_norm(grad) if math.prod(grad.shape) else 0.0
+        bound = _overflow_bound(xp, grad.dtype)
+        if shards is None:
+            return math.isfinite(n), n, bound
+        ok = math.isfinite(n)
+        # the whole norm, scaled by the bound so that the sum of squares cannot overflow
+        scaled = min(n / bound, 1.0) ** 2 if ok else 0.0
+        bad, total = shards.allreduce([0.0 if ok else 1.0, scaled])
+        return bad == 0.0, bound * math.sqrt(total), bound
+
+    def direction_finite(direction: Any) -> bool:
+        ok = all_finite(direction) if math.prod(direction.shape) else True
+        if shards is None:
+            return ok
+        return shards.allreduce([0.0 if ok else 1.0])[0] == 0.0
 
     def reject(grad: Any, state: Any, why: str) -> tuple[Any, Any]:
         if nonfinite == "raise":
@@ -192,10 +215,9 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
     def guarded(grad: Any, state: Any) -> tuple[Any, Any]:
         xp = check_floating("grad", grad)
         _check_same_kind(grad, state)
-        n = safe_norm(grad)
-        if not math.isfinite(n):
+        finite, n, bound = norm_verdict(xp, grad)
+        if not finite:
             return reject(grad, state, "grad: contains NaN or inf")
-        bound = _overflow_bound(xp, grad.dtype)
         if n >= bound:
             return reject(
                 grad,
@@ -208,7 +230,7 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str) -> UpdateFn:
                 direction, new = update(grad, state)
         except NonFiniteStep as exc:
             return reject(grad, state, str(exc))  # noqa: B904 (re-raised below, chained)
-        if not all_finite(direction):
+        if not direction_finite(direction):
             return reject(grad, state, "direction: the step overflowed to NaN or inf")
         return direction, new
 
@@ -223,6 +245,7 @@ def make_preconditioner(
     update: UpdateFn,
     hyperparams: dict[str, Any],
     update_overwriting: UpdateFn | None = None,
+    shards: Shards | None = None,
 ) -> Preconditioner:
     """The :class:`Preconditioner` of a factory: ``update`` checked once, at this entry point.
 
@@ -231,7 +254,7 @@ def make_preconditioner(
     :func:`guard_nonfinite` of it with ``hyperparams["nonfinite"]``.
     ``update_overwriting``: its in-place form, if any (:attr:`Preconditioner.update_overwriting`).
     """
-    guarded = guard_nonfinite(update, hyperparams["nonfinite"])
+    guarded = guard_nonfinite(update, hyperparams["nonfinite"], shards)
     return Preconditioner(
         name,
         init,

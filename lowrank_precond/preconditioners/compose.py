@@ -44,8 +44,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lowrank_precond.backends import array_namespace, check_positive
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.preconditioners._common import as_direction, bias_correction, ema
 from lowrank_precond.preconditioners.base import Preconditioner, make_preconditioner
+from lowrank_precond.preconditioners.sharded import ShardedCurvature
 
 __all__ = [
     "Curvature",
@@ -143,6 +145,7 @@ def precondition(
     hyperparams: dict[str, Any],
     *,
     momentum: float = 0.0,
+    shards: Shards | None = None,
 ) -> Preconditioner:
     """The :class:`Preconditioner` that applies ``curvature`` to the gradient or its moment.
 
@@ -166,6 +169,10 @@ def precondition(
         The factory's validated arguments (must hold ``"nonfinite"``).
     momentum : float in [0, 1)
         ``b1`` above (validated by the factory).
+    shards : Shards, optional
+        Split the curvature's row fields over processes
+        (:class:`~lowrank_precond.preconditioners.sharded.ShardedCurvature`); the moment ``m``
+        then holds this process's rows too.
 
     Examples
     --------
@@ -180,6 +187,8 @@ def precondition(
     (1, array([1.5, 2. ]))
     """
     b1 = momentum
+    if shards is not None:
+        curvature = ShardedCurvature(curvature, shards)
     if b1 == 0.0:
         state_cls = curvature.state_cls
 
@@ -201,7 +210,7 @@ def precondition(
             def overwriting(grad: Any, state: Any) -> tuple[Any, Any]:
                 return step(grad, state, overwrite=True)
 
-        return make_preconditioner(name, init, update, hyperparams, overwriting)
+        return make_preconditioner(name, init, update, hyperparams, overwriting, shards)
 
     moment_cls = curvature.momentum_state_cls
 
@@ -221,7 +230,7 @@ def precondition(
         p = view.apply(m / bias_correction(b1, count))
         return as_direction(p, grad), moment_cls(**fields, count=count, m=m)
 
-    return make_preconditioner(name, init_moment, update_moment, hyperparams)
+    return make_preconditioner(name, init_moment, update_moment, hyperparams, shards=shards)
 
 
 # --------------------------------------------------------------------------- transforms

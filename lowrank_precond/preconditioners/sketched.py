@@ -17,6 +17,7 @@ from typing import Any
 from lowrank_precond.backends import array_namespace, check_in, check_int, device_of
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
+from lowrank_precond.backends.shards import Shards
 from lowrank_precond.linalg._unchecked import (
     _gram_sketch,
     _gram_sketch_update,
@@ -202,6 +203,59 @@ class _Curvature:
     #: ``observe(..., overwrite=True)`` may write the new sketch into the old one's memory
     supports_overwrite = True
 
+    #: the fields that hold one row per parameter entry (split by :class:`Shards`)
+    row_fields = ("U",)
+
+    def _sketch(self, state: SketchedAdaGradState) -> tuple[GramSketch, float]:
+        """The sketch that this step feeds (decayed by ``b2``) and its bias correction."""
+        b2 = self.b2
+        sketch = _gram_sketch(state.U, state.sig2, state.rho)
+        if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
+            sketch = _gram_sketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
+        return sketch, bias_correction(b2, state.t + 1) if b2 > 0.0 else 1.0
+
+    def _try_fused(
+        self, g: Any, state: SketchedAdaGradState, own: bool, overwrite: bool,
+        shards: Shards | None,
+    ) -> tuple[dict[str, Any], _View] | str:  # fmt: skip
+        """The fused step's ``(fields, view)`` for the flat ``g``, or the ``last_impl`` of
+        the reference step that must run instead."""
+        b2, t = self.b2, state.t + 1
+        d = int(g.shape[0]) if shards is None else shards.size
+        if not (self.fused and own and fd_sketch_available(g, d, min(self.rank, d))[0]):
+            return "reference"
+        sketch, scale = self._sketch(state)
+        if sketch.rank < min(self.rank, d):
+            return "reference: the sketch is filling (the fused step needs it full)"
+        res = try_fd_sketch_step(
+            sketch,
+            g,
+            self.eps,
+            shrink=self.shrink,
+            feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0,
+            apply_scale=scale,
+            refresh=t % SKETCH_REFRESH_EVERY == 0,
+            workspace=self.workspace,
+            overwrite=overwrite,
+            shards=shards,
+        )
+        if isinstance(res, Declined):
+            return f"reference: the fused step declined ({res.code}: {res.reason})"
+        new = res.sketch
+        check_statistic("sig2", new.sig2)
+        check_statistic("rho", new.rho)
+        fields = {"t": t, "U": new.U, "sig2": new.sig2, "rho": new.rho, "last_impl": "fused"}
+        return fields, _View(array_namespace(g), None, g, self.eps, res.direction)
+
+    def observe_rows(
+        self, grad: Any, state: SketchedAdaGradState, *, own: bool, shards: Shards,
+        overwrite: bool = False,
+    ) -> tuple[dict[str, Any], _View] | None:  # fmt: skip
+        """The step on this process's rows only (``None``: it needs the whole vectors);
+        see :mod:`lowrank_precond.preconditioners.sharded`."""
+        res = self._try_fused(self.flat(grad, state), state, own, overwrite, shards)
+        return None if isinstance(res, str) else res
+
     def observe(
         self, grad: Any, state: SketchedAdaGradState, *, own: bool, overwrite: bool = False
     ):
@@ -209,35 +263,10 @@ class _Curvature:
         g = self.flat(grad, state)
         d = int(g.shape[0])
         xp = array_namespace(g)
-        sketch = _gram_sketch(state.U, state.sig2, state.rho)
-        if b2 > 0.0:  # EMA: H <- b2 H + (1 - b2) g g^T
-            sketch = _gram_sketch(sketch.U, b2 * sketch.sig2, b2 * sketch.rho)
-        scale = bias_correction(b2, t) if b2 > 0.0 else 1.0
-        impl = "reference"
-        if self.fused and own and fd_sketch_available(g, d, min(self.rank, d))[0]:
-            if sketch.rank < min(self.rank, d):
-                impl = "reference: the sketch is filling (the fused step needs it full)"
-            else:
-                res = try_fd_sketch_step(
-                    sketch,
-                    g,
-                    self.eps,
-                    shrink=self.shrink,
-                    feed_scale=math.sqrt(1.0 - b2) if b2 > 0.0 else 1.0,
-                    apply_scale=scale,
-                    refresh=t % SKETCH_REFRESH_EVERY == 0,
-                    workspace=self.workspace,
-                    overwrite=overwrite,
-                )
-                if not isinstance(res, Declined):
-                    new = res.sketch
-                    check_statistic("sig2", new.sig2)
-                    check_statistic("rho", new.rho)
-                    fields = {"t": t, "U": new.U, "sig2": new.sig2, "rho": new.rho}
-                    return {**fields, "last_impl": "fused"}, _View(
-                        xp, None, g, self.eps, res.direction
-                    )
-                impl = f"reference: the fused step declined ({res.code}: {res.reason})"
+        impl = self._try_fused(g, state, own, overwrite, None)
+        if not isinstance(impl, str):
+            return impl
+        sketch, scale = self._sketch(state)
         fed = _gram_sketch_update(
             xp,
             sketch,
@@ -264,6 +293,7 @@ def sketched_adagrad(
     nonfinite: str = "raise",
     factor_dtype: Any = None,
     impl: str = "auto",
+    shards: Shards | None = None,
 ) -> Preconditioner:
     """Full-matrix AdaGrad with a rank-``r`` Frequent-Directions sketch of the Gram matrix (F).
 
@@ -327,6 +357,13 @@ def sketched_adagrad(
         takes the fused step where it can run. The first ``rank`` steps (the sketch filling)
         run the reference step; ``state.last_impl`` says which implementation ran the last
         step.
+    shards : Shards, optional
+        Split the state over processes by rows (:mod:`lowrank_precond.backends.shards`):
+        ``init`` and ``update`` then take this process's rows ``[shards.start,
+        shards.stop)`` of the flattened parameter and gradient, and return those rows of the
+        direction; the state holds only those rows of its ``(d, k)`` arrays (see
+        :mod:`lowrank_precond.preconditioners.sharded` and ``docs/scaling.rst``). Every
+        process must call ``update`` together (the steps communicate).
 
     Returns
     -------
@@ -369,4 +406,4 @@ def sketched_adagrad(
         "factor_dtype": curvature.factor_dtype,
         "impl": curvature.impl,
     }
-    return precondition("sketched_adagrad", curvature, hyper, momentum=b1)
+    return precondition("sketched_adagrad", curvature, hyper, momentum=b1, shards=shards)
