@@ -80,9 +80,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from lowrank_precond import preconditioners as pc
 from lowrank_precond.backends import check_positive
+from lowrank_precond.optim._distributed import (
+    TorchShards,
+    agree,
+    is_dtensor,
+    local_part,
+    local_tensor,
+    whole_tensor,
+)
 from lowrank_precond.preconditioners.base import Preconditioner
 from lowrank_precond.preconditioners.defaults import DEFAULT_LR
 
@@ -100,6 +109,9 @@ __all__ = [
 
 #: group keys owned by the optimizer itself (everything else goes to the factory)
 _OWN_KEYS = ("lr", "weight_decay", "maximize", "per_parameter")
+
+#: factory arguments that the optimizer supplies itself (never group keys)
+_RUNTIME_ARGS = ("shards",)
 
 #: entries of ``optimizer.state[p]`` that describe the state instead of holding a field of it
 _META_KEYS = ("state_type", "spans")
@@ -231,6 +243,7 @@ class _GroupCache:
 
     hyperparams: dict[str, Any]
     pre: Preconditioner
+    shards: TorchShards | None = None  # the group's rows here (``shard_state=True``)
     # (input shape, dtype) -> template (None when ``init`` does not run on the meta device)
     templates: dict[tuple[tuple[int, ...], torch.dtype], _Template | None] = field(
         default_factory=dict
@@ -488,6 +501,8 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         maximize: bool = False,
         per_parameter: bool | None = None,
+        process_group: Any = None,
+        shard_state: bool = False,
         **hyperparams: Any,
     ) -> None:
         name = type(self).__name__
@@ -529,6 +544,21 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             lr=lr, weight_decay=weight_decay, maximize=maximize, per_parameter=per_parameter
         )
         self._cache: dict[int, _GroupCache] = {}
+        _check_bool("shard_state", shard_state)
+        if shard_state:
+            if "shards" not in inspect.signature(self._factory()).parameters:
+                raise ValueError(
+                    f"shard_state: {name}'s preconditioner has no sharded form (only the "
+                    "group-spanning AdaGram, AdamGram and SketchedAdaGrad shard their state)"
+                )
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError(
+                    "shard_state: needs torch.distributed initialised "
+                    "(torch.distributed.init_process_group) before the optimizer is built"
+                )
+        elif process_group is not None:
+            raise ValueError("process_group: only used with shard_state=True")
+        self.process_group, self.shard_state = process_group, shard_state
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ construction
@@ -545,7 +575,9 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         cached = _SIGNATURES.get(factory)
         if cached is not None:
             return cached
-        params = dict(inspect.signature(factory).parameters)
+        params = {
+            k: v for k, v in inspect.signature(factory).parameters.items() if k not in _RUNTIME_ARGS
+        }
         clash = sorted(set(params) & set(_OWN_KEYS))
         if clash or "nonfinite" not in params:
             raise TypeError(
@@ -579,6 +611,11 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         _check_bool("per_parameter", group["per_parameter"])
         if self.layout != "vector" and not group["per_parameter"]:
             raise ValueError(f"per_parameter: {name} acts on each parameter separately; got False")
+        if self.shard_state and group["per_parameter"]:
+            raise ValueError(
+                "per_parameter: shard_state=True splits a group-spanning state by rows; "
+                f"group {index} has per_parameter=True"
+            )
         for p in group["params"]:
             if not p.is_floating_point():
                 raise TypeError(
@@ -606,16 +643,69 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         hyper = {k: group[k] for k in self._factory_arguments()}
         entry = self._cache.get(id(group))
         if entry is None or entry.hyperparams != hyper:
-            entry = _GroupCache(dict(hyper), self._factory()(**hyper))
+            shards = entry.shards if entry is not None else None
+            if self.shard_state and shards is None and group["params"]:
+                shards = self._group_shards(group)
+            extra = {} if shards is None else {"shards": shards}
+            entry = _GroupCache(dict(hyper), self._factory()(**hyper, **extra), shards)
             self._cache[id(group)] = entry
         return entry
 
+    def _group_shards(self, group: dict[str, Any]) -> TorchShards:
+        """This process's rows of the group's flattened gradient (``shard_state=True``).
+
+        Replicated parameters (DDP): the flattened group split into near-equal contiguous
+        blocks. DTensor parameters (FSDP2): each process's rows are its local shards,
+        flattened and concatenated (one all-gather of the counts); the rows of all processes
+        in rank order are then a permutation of the flattened group, which the full-matrix
+        methods do not see (their steps commute with permutations of the coordinates).
+        """
+        params = group["params"]
+        kinds = {is_dtensor(p) for p in params}
+        if len(kinds) > 1:
+            raise ValueError(
+                "shard_state: a group mixes DTensor and plain parameters; put them in "
+                "separate param groups"
+            )
+        pg = self.process_group
+        world = dist.get_world_size(pg)
+        if kinds == {True}:
+            mine = torch.tensor([sum(local_tensor(p).numel() for p in params)])
+            counts = [torch.zeros_like(mine) for _ in range(world)]
+            dist.all_gather(counts, mine, group=pg)
+            return TorchShards([int(c) for c in counts], pg)
+        d = sum(p.numel() for p in params)
+        return TorchShards([(i + 1) * d // world - i * d // world for i in range(world)], pg)
+
+    def _local_space(self, group: dict[str, Any]) -> bool:
+        """Whether the preconditioner sees this process's local shards of DTensor parameters
+        (elementwise methods, and the sharded state) or the whole tensors (the others)."""
+        return self.layout == "elementwise" or self.shard_state
+
+    def _distributed(self) -> bool:
+        """Whether a step's decisions must be agreed between processes."""
+        return self.shard_state or any(
+            is_dtensor(p) for g in self.param_groups for p in g["params"]
+        )
+
+    def _agree(self, flags: list[bool]) -> list[bool]:
+        return agree(flags, self.process_group) if self._distributed() else flags
+
+    def _all_hold(self, flags: list[torch.Tensor]) -> bool:
+        """Whether every flag holds (on every process sharing a sharded state: those take
+        the same step together; elsewhere each process decides on identical inputs)."""
+        ok = all(_to_host(flags))
+        return agree([ok], self.process_group)[0] if self.shard_state else ok
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update({k: self.__dict__[k] for k in ("factory", "layout") if k in self.__dict__})
+        keys = ("factory", "layout", "shard_state")  # not the process group: no pickle
+        state.update({k: self.__dict__[k] for k in keys if k in self.__dict__})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.setdefault("shard_state", False)
+        self.__dict__.setdefault("process_group", None)
         super().__setstate__(state)
         for group in self.param_groups:  # keys added since the state was saved
             self._fill_defaults(group)
@@ -641,12 +731,65 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         if not params:
             return []
         if self._spans_group(group):
-            d = sum(p.numel() for p in params)
+            if self.shard_state:
+                d = self._preconditioner(group).shards.rows
+            else:
+                d = sum(p.numel() for p in params)
             return [_Slot(params[0], list(params), (d,), _work_dtype(params[0].dtype), 0)]
+        local = self._local_space(group)
+
+        def shaped(p: torch.Tensor) -> torch.Tensor:  # the tensor the preconditioner sees
+            if local or not is_dtensor(p):
+                return local_tensor(p)
+            return torch.empty(p.shape, device="meta")  # the whole one (no DTensor reshape)
+
         return [
-            _Slot(p, [p], tuple(self._view(p).shape), _work_dtype(p.dtype), i)
+            _Slot(p, [p], tuple(self._view(shaped(p)).shape), _work_dtype(p.dtype), i)
             for i, p in enumerate(params)
         ]
+
+    def _flat_input(self, group: dict[str, Any], tensors: list[torch.Tensor | None],
+                    params: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:  # fmt: skip
+        """The group-spanning input from one tensor per parameter (``None``: zeros), and
+        whether it is a fresh tensor: the whole flattened group, or this process's rows of it
+        with ``shard_state``."""
+        sharded = self.shard_state
+        dt = sharded and is_dtensor(params[0])
+        parts = []
+        for p, t in zip(params, tensors, strict=True):
+            if t is None:
+                t = torch.zeros_like(local_tensor(p) if dt else whole_tensor(p))
+            else:
+                t = local_tensor(t) if dt else whole_tensor(t)
+            parts.append(t.reshape(-1))
+        flat, fresh = (parts[0], False) if len(parts) == 1 else (torch.cat(parts), True)
+        if sharded and not dt:
+            shards = self._preconditioner(group).shards
+            flat = flat[shards.start : shards.stop]
+        return flat, fresh
+
+    def _deliver(self, plan: _Plan, unit: _Unit, direction: torch.Tensor) -> list[Any]:
+        """``(tensor to update, its update)`` for every target of ``unit``: the local shard
+        of a DTensor parameter, else the parameter; a sharded group's rows are gathered
+        first (replicated parameters) or are the local shards' own (DTensor)."""
+        out = []
+        if unit.blocks is None:
+            ((p, _),) = unit.targets
+            if self._local_space(plan.group):
+                return [(local_tensor(p), direction.reshape(local_tensor(p).shape))]
+            return [(local_tensor(p), local_part(p, direction.reshape(p.shape)))]
+        params = unit.slot.params
+        if self.shard_state and is_dtensor(params[0]):
+            chunks = direction.split([local_tensor(p).numel() for p in params])
+            for p, i in unit.targets:
+                out.append((local_tensor(p), chunks[i].reshape(local_tensor(p).shape)))
+            return out
+        if self.shard_state:
+            direction = plan.entry.shards.gather(direction)
+        chunks = direction.split(unit.blocks)
+        for p, i in unit.targets:
+            out.append((local_tensor(p), local_part(p, chunks[i].reshape(p.shape))))
+        return out
 
     def _units(self, group: dict[str, Any]) -> list[_Unit]:
         params = group["params"]
@@ -655,29 +798,26 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError(f"{name} does not support sparse gradients")
         spans = self._spans_group(group)
+        local = self._local_space(group)
         units = []
         for slot in self._slots(group):
             if spans:
                 grads = [p.grad for p in slot.params]
                 if all(g is None for g in grads):
                     continue
-                if len(grads) == 1:  # a view, not a copy (torch.cat always copies)
-                    g, fresh = grads[0].reshape(-1), False
-                else:
-                    g = torch.cat(
-                        [
-                            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                            for p, g in zip(slot.params, grads, strict=True)
-                        ]
-                    )
-                    fresh = True
+                # one parameter: a view, not a copy (torch.cat always copies)
+                g, fresh = self._flat_input(group, grads, slot.params)
                 targets = [(p, i) for i, p in enumerate(slot.params) if p.grad is not None]
                 blocks: list[int] | None = [p.numel() for p in slot.params]
             else:
                 p = slot.key
                 if p.grad is None:
                     continue
-                g, fresh = self._view(p.grad), False
+                grad = local_tensor(p.grad) if local else whole_tensor(p.grad)
+                if grad.numel() == 0:  # an empty local shard (FSDP2, few rows): no state
+                    continue
+                # the local shard shares the gradient's memory; the whole tensor is new
+                g, fresh = self._view(grad), is_dtensor(p.grad) and not local
                 targets, blocks = [(p, 0)], None
             if g.dtype != slot.dtype:
                 g, fresh = g.to(slot.dtype), True
@@ -686,11 +826,14 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             units.append(_Unit(slot, g, targets, blocks))
         return units
 
-    def _init_input(self, slot: _Slot) -> torch.Tensor:
-        if len(slot.params) > 1:
-            x = torch.cat([p.detach().reshape(-1) for p in slot.params])
+    def _init_input(self, group: dict[str, Any], slot: _Slot) -> torch.Tensor:
+        params = [p.detach() for p in slot.params]
+        if self._spans_group(group):
+            x, _ = self._flat_input(group, list(params), params)
         else:
-            x = self._view(slot.key.detach()).reshape(slot.shape)
+            p = params[0]
+            x = local_tensor(p) if self._local_space(group) else whole_tensor(p)
+            x = self._view(x).reshape(slot.shape)
         return x.to(slot.dtype) if x.dtype != slot.dtype else x
 
     # ------------------------------------------------------------------ state
@@ -765,7 +908,7 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         slot = unit.slot
         stored = self.state.get(slot.key)  # .get: a failed step must not leave an empty entry
         if not stored:
-            state = plan.entry.pre.init(self._init_input(slot))
+            state = plan.entry.pre.init(self._init_input(plan.group, slot))
             _field_names(type(state))
             return None, state
         where = self._where(slot, plan.index)
@@ -807,7 +950,8 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
                 plan = _Plan(index, group, self._preconditioner(group), units)
                 plan.flags = _small_flags([u.grad for u in units])
                 plans.append(plan)
-        if not plans:
+        distributed = self._distributed()
+        if not plans and not distributed:  # (a process with nothing to do still agrees)
             return loss
 
         # 2. every direction and new state, flags on them. Pure (nothing is written yet),
@@ -817,14 +961,27 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             earlier = [f for p in plans[:i] for f in p.flags] if i == len(plans) - 1 else None
             self._compute(plan, earlier)
 
-        # 3. one host sync for all flags; raise, or skip the groups that failed
+        # 3. one host sync for all flags (agreed between processes when the step spans
+        # several); raise, or skip the groups that failed
         host = _to_host([f for plan in plans for f in plan.flags])
+        oks = [True] * len(self.param_groups)  # per group: the same length on every process
         for plan in plans:
             ok, host = host[: len(plan.flags)], host[len(plan.flags) :]
-            plan.failed = not all(ok) or bool(plan.overflowed) or plan.error is not None
+            oks[plan.index] = all(ok) and not plan.overflowed and plan.error is None
+        oks = self._agree(oks)
         for plan in plans:
-            if plan.failed and plan.group["nonfinite"] != "skip":
-                raise FloatingPointError(self._nonfinite_message(plan)) from plan.error
+            plan.failed = not oks[plan.index]
+        mine = {plan.index: plan for plan in plans}
+        for index, (group, ok) in enumerate(zip(self.param_groups, oks, strict=True)):
+            if ok or group["nonfinite"] == "skip":
+                continue
+            if index not in mine:  # failed on another process only
+                raise FloatingPointError(
+                    f"parameter group {index}: the step failed on another process (its error "
+                    "names the cause); no parameter or optimizer state was changed"
+                )
+            plan = mine[index]
+            raise FloatingPointError(self._nonfinite_message(plan)) from plan.error
 
         # 4. commit
         for plan in plans:
@@ -833,9 +990,7 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             lr, wd = plan.group["lr"], plan.group["weight_decay"]
             for unit, direction, record in plan.results:
                 self.state[unit.slot.key] = record
-                chunks = direction.split(unit.blocks) if unit.blocks is not None else (direction,)
-                for p, i in unit.targets:
-                    d = chunks[i].reshape(p.shape)
+                for p, d in self._deliver(plan, unit, direction):
                     if wd != 0:
                         p.mul_(1.0 - lr * wd)
                     if isinstance(lr, torch.Tensor):
@@ -865,7 +1020,7 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
                 and pre.update_overwriting is not None
                 and old is not None
                 and unit.grad.device.type == "cpu"
-                and all(_to_host(earlier + plan.flags + _finite_flags(written)))
+                and self._all_hold(earlier + plan.flags + _finite_flags(written))
             ):
                 update = pre.update_overwriting
             try:
@@ -1098,6 +1253,20 @@ _OWN_DOCS = {
     Decoupled weight decay: ``x <- x (1 - lr * weight_decay) - lr * direction``.""",
     "maximize": """maximize : bool
     Maximize instead of minimize (the gradient is negated).""",
+    "process_group": """process_group : ProcessGroup or None
+    With ``shard_state=True``: the processes that share the state (``None``: the default
+    group).""",
+    "shard_state": """shard_state : bool
+    ``True``: every process of ``process_group`` keeps only its block of rows of the
+    group-spanning state (``docs/scaling.rst``). With replicated parameters (DDP, gradients
+    already averaged) the blocks are near-equal slices of the flattened group and each
+    process's rows of the direction are all-gathered before the update; with DTensor
+    parameters (FSDP2's ``fully_shard``) a process's rows are its local shards and the update
+    stays local. The fused steps all-reduce only small sums (``O(rank^2)`` numbers per pass);
+    the warm-up and the rare steps that the fused step declines gather the rows. Needs
+    ``per_parameter=False``, ``torch.distributed`` initialised, and every process calling
+    :meth:`step` together. ``optimizer.state_dict()`` then holds this process's rows: save and
+    load one per process (same world size and parameters).""",
     "per_parameter": """per_parameter : bool
     ``False`` (default): one preconditioner spans the whole param group (the gradients
     flattened and concatenated: full-matrix across parameters; the group's parameters must
@@ -1148,9 +1317,14 @@ def _named(factory: str) -> Callable[[type], type]:
         }
         if layout == "vector":
             own["per_parameter"] = (cls.default_per_parameter, "bool")
+        fsig = inspect.signature(fn).parameters
+        if "shards" in fsig:
+            own["process_group"] = (None, "ProcessGroup | None")
+            own["shard_state"] = (False, "bool")
         fparams = [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in inspect.signature(fn).parameters.values()
+            for p in fsig.values()
+            if p.name not in _RUNTIME_ARGS
         ]
         kw = inspect.Parameter.KEYWORD_ONLY
         sig = inspect.Signature(

@@ -493,14 +493,17 @@ def test_state_does_not_alias_the_gradients(cls, kwargs):
 )
 def test_class_defaults_match_their_factory(cls):
     factory = pc.get(cls.factory)
-    fsig = inspect.signature(factory).parameters
+    fsig = dict(inspect.signature(factory).parameters)
     csig = inspect.signature(cls).parameters
+    sharded = fsig.pop("shards", None) is not None  # supplied by the optimizer itself
     for name, param in fsig.items():
         assert name in csig, f"{cls.__name__} lacks the factory argument {name}"
         assert csig[name].default == param.default, name
     own = set(csig) - set(fsig)
-    assert own <= {"params", "lr", "weight_decay", "maximize", "per_parameter"}
+    assert own <= {"params", "lr", "weight_decay", "maximize", "per_parameter", "process_group",
+                   "shard_state"}  # fmt: skip
     assert ("per_parameter" in csig) == (cls.layout == "vector")
+    assert ("shard_state" in csig) == ("process_group" in csig) == sharded
 
 
 def test_custom_subclass_with_callable_factory():

@@ -73,14 +73,17 @@ def _parameters_section(doc: str) -> dict[str, str]:
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_signature_is_the_factorys_plus_the_optimizers_own(cls):
     factory = pc.get(cls.factory)
-    fsig = inspect.signature(factory).parameters
+    fsig = dict(inspect.signature(factory).parameters)
     csig = inspect.signature(cls).parameters
+    # the row shards are the optimizer's to build: the class takes the process group instead
+    sharded = fsig.pop("shards", None) is not None
     assert list(csig)[:2] == ["params", "lr"]
     for name, p in fsig.items():
         assert csig[name].default == p.default, name
         assert csig[name].annotation == p.annotation, name
         assert csig[name].kind is inspect.Parameter.KEYWORD_ONLY, name
     own = OWN | ({"per_parameter"} if cls.layout == "vector" else set())
+    own |= {"process_group", "shard_state"} if sharded else set()
     assert set(csig) - set(fsig) == own
     # a misspelt argument fails like any Python call
     with pytest.raises(TypeError, match="unexpected keyword argument 'rankk'"):
