@@ -86,6 +86,7 @@ from lowrank_precond import preconditioners as pc
 from lowrank_precond.backends import check_positive
 from lowrank_precond.optim._distributed import (
     TorchShards,
+    Traffic,
     agree,
     is_dtensor,
     local_part,
@@ -676,6 +677,27 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
             return TorchShards([int(c) for c in counts], pg)
         d = sum(p.numel() for p in params)
         return TorchShards([(i + 1) * d // world - i * d // world for i in range(world)], pg)
+
+    def communication(self) -> list[Traffic | None]:
+        """Per param group, what this process has sent for its sharded state so far
+        (:class:`~lowrank_precond.optim._distributed.Traffic`: all-reduce and all-gather calls
+        and bytes; ``reset()`` it to count from now), or ``None`` for a group whose state is
+        not sharded (``shard_state=False``). The gathers include, for replicated (DDP)
+        parameters, the all-gather of the direction's rows before each update (``d /
+        world_size`` numbers sent per step, by construction).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_precond.torch import AdaGram
+        >>> AdaGram([torch.nn.Parameter(torch.zeros(3))]).communication()
+        [None]
+        """
+        out: list[Traffic | None] = []
+        for group in self.param_groups:
+            entry = self._preconditioner(group) if group["params"] else None
+            out.append(entry.shards.traffic if entry is not None and entry.shards else None)
+        return out
 
     def _local_space(self, group: dict[str, Any]) -> bool:
         """Whether the preconditioner sees this process's local shards of DTensor parameters
