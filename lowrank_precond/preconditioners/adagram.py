@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lowrank_precond.backends import array_namespace, check_in, check_int, check_positive, device_of
+from lowrank_precond.backends import (
+    array_namespace,
+    check_in,
+    check_int,
+    check_positive,
+    device_of,
+    on_host,
+)
 from lowrank_precond.backends.blocked import Workspace
 from lowrank_precond.backends.fused import Declined
 from lowrank_precond.backends.shards import Shards
@@ -47,6 +54,10 @@ from lowrank_precond.linalg.streaming import (
     REFRESH_EVERY,
     ksl_adagram_available,
     try_ksl_adagram_step,
+)
+from lowrank_precond.linalg.streaming_torch import (
+    ksl_adagram_whole_available,
+    try_ksl_adagram_step_whole,
 )
 from lowrank_precond.preconditioners._common import (
     IMPLS,
@@ -273,6 +284,27 @@ def _counters(state: AdaGramState, gnorm: float, nu: float, eps: float) -> dict[
     return {"t": state.t + 1, "sumsq": sumsq, "last_ratio": ratio * ratio}
 
 
+def _accept_counting(
+    state: AdaGramState, g: Any, eps: float, counters: dict[str, Any], whole: bool = True
+) -> Callable[[float, float], bool]:
+    """The fused steps' ``accept``: the new counters into ``counters``, or ``False`` (decline,
+    nothing written) where they would overflow -- or, for a shard's rows (``whole=False``),
+    where ``|g|^2`` underflowed and needs the scaled norm of the whole vector."""
+
+    def accept(gg: float, nu: float) -> bool:
+        summed = gg > 1e-280 and math.isfinite(gg)
+        if not summed and not whole:
+            return False
+        gnorm = math.sqrt(gg) if summed else safe_norm(g)
+        try:
+            counters.update(_counters(state, gnorm, nu, eps))
+        except NonFiniteStep:  # the reference path raises it, with nothing written
+            return False
+        return True
+
+    return accept
+
+
 def _fused(
     state: AdaGramState,
     g: Any,
@@ -297,17 +329,7 @@ def _fused(
     old = _lowrank(state.U, state.S, state.V)
     refresh = state.t % REFRESH_EVERY == 0
     counters: dict[str, Any] = {}
-
-    def accept(gg: float, nu: float) -> bool:
-        if not (gg > 1e-280 and math.isfinite(gg)) and shards is not None:
-            return False  # |g| needs the scaled norm of the whole vector: the general path
-        gnorm = math.sqrt(gg) if gg > 1e-280 and math.isfinite(gg) else safe_norm(g)
-        try:
-            counters.update(_counters(state, gnorm, nu, eps))
-        except NonFiniteStep:  # the reference path raises it, with nothing written
-            return False
-        return True
-
+    accept = _accept_counting(state, g, eps, counters, whole=shards is None)
     res = try_ksl_adagram_step(
         old,
         g,
@@ -325,6 +347,27 @@ def _fused(
     fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
     fields.update(counters, last_impl="fused")
     return fields, res.direction  # the symmetric one at its exact length, as in _View.own
+
+
+def _fused_whole(
+    state: AdaGramState, g: Any, eps: float, direction: str
+) -> tuple[dict[str, Any], Any] | Declined:
+    """:func:`_fused` off the host: the whole-array step of
+    :func:`~lowrank_precond.linalg.streaming_torch.try_ksl_adagram_step_whole` (two host
+    synchronisations per step). It has no refresh: every :data:`REFRESH_EVERY`-th step takes
+    the reference path, whose QRs return orthonormal bases."""
+    if state.t % REFRESH_EVERY == 0:
+        return Declined("refresh", "a refresh step: the reference path re-orthonormalises")
+    counters: dict[str, Any] = {}
+    accept = _accept_counting(state, g, eps, counters)
+    old = _lowrank(state.U, state.S, state.V)
+    res = try_ksl_adagram_step_whole(old, g, eps, direction=direction, accept=accept)
+    if isinstance(res, Declined):
+        return res
+    new = res.lowrank
+    fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+    fields.update(counters, last_impl="fused")
+    return fields, res.direction
 
 
 def _advance(
@@ -461,9 +504,10 @@ class _Curvature:
         }
 
     def _available(self, like: Any, d: int, dtype: Any) -> tuple[bool, str]:
-        return ksl_adagram_available(
-            like, d, min(self.rank, d), dtype=dtype, direction=self.direction
-        )
+        """Whether a fused step can run for arrays like ``like``: the row-blocked one on the
+        host, the whole-array one elsewhere (CUDA)."""
+        available = ksl_adagram_available if on_host(like) else ksl_adagram_whole_available
+        return available(like, d, min(self.rank, d), dtype=dtype, direction=self.direction)
 
     def init(self, x: Any) -> dict[str, Any]:
         xp = check_param("x", x)
@@ -499,14 +543,21 @@ class _Curvature:
     ) -> tuple[dict[str, Any], _View] | str:
         """The fused step's ``(fields, view)``, or the ``last_impl`` of the reference step
         that must run instead."""
-        d = int(state.U.shape[0]) if shards is None else shards.size
-        if not (self.fused and own and self._available(state.U, d, state.U.dtype)[0]):
+        U = state.U
+        d = int(U.shape[0]) if shards is None else shards.size
+        host = on_host(U)
+        if not (self.fused and own and (host or shards is None)):
+            return "reference"
+        if not self._available(U, d, U.dtype)[0]:
             return "reference"
         if not state.truncated:
             return "reference: warm-up (the fused step needs a truncated factor)"
         # raw flat gradient: the fused step casts it block by block
         g = self.flat(grad, state, cast=False)
-        res = _fused(state, g, self.eps, self.direction, self.workspace, overwrite, shards)
+        if host:
+            res = _fused(state, g, self.eps, self.direction, self.workspace, overwrite, shards)
+        else:
+            res = _fused_whole(state, g, self.eps, self.direction)
         if isinstance(res, Declined):
             return f"reference: the fused step declined ({res.code}: {res.reason})"
         fields, direction = res
@@ -598,9 +649,13 @@ _ARGS_DOC = """
         ``"reference"``: the array-API linear algebra of :mod:`lowrank_precond.linalg`, on
         every backend. ``"fused"``: the truncated KSL step and its direction in three
         row-blocked passes over ``d`` (:mod:`lowrank_precond.linalg.streaming`; same numbers to
-        rounding, about 1.5-2x faster at large ``d``); it needs
+        rounding, about 1.5-2x faster at large ``d``) for host arrays (NumPy, torch CPU), and
+        off the host (torch CUDA, CuPy) its whole-array form with two host synchronisations
+        per step (:mod:`lowrank_precond.linalg.streaming_torch`; its refresh steps, every
+        :data:`~lowrank_precond.linalg.streaming.REFRESH_EVERY`, and gradients nearly in
+        ``span U`` run the reference step); it needs
         ``integrator="projector_splitting"``, ``order=1``, the published or symmetric
-        direction, a finite ``rank``, no momentum, a NumPy array or a torch CPU tensor, float64
+        direction, a finite ``rank``, no momentum, float64
         factors for the symmetric direction and ``d >= 2 rank + 2``, and raises
         ``ValueError`` naming ``impl`` where one of these fails (when the preconditioner or
         its state is created). ``"auto"`` (default) takes the fused step where it can run.
