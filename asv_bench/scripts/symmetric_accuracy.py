@@ -2,7 +2,8 @@
 
 For random, low-dimensional, repeated and least-squares gradient streams (d = 200, r = 5,
 300 steps, eps = 0.1, 1e-4, 1e-8) prints the worst relative error against a dense SVD of
-``I - M^+``, next to the general (Householder) path's, and how many steps declined.
+``I - M^+``, next to the general (Householder) path's, and how many steps declined. ``U^T V``
+is carried from step to step (``StreamedStep.C``), as ``adagram`` does.
 
 Usage: ``python asv_bench/scripts/symmetric_accuracy.py``.
 """
@@ -59,8 +60,11 @@ def run(kind, eps):
     M = LowRank(U, np.diag(np.linspace(1, 0.5, R)) * 0.5, U.copy())
     worst = worst_general = 0.0
     declined = 0
+    C = None  # U^T V carried from step to step, as adagram does
     for t, g in enumerate(gradients(kind, rng)):
-        out = ksl_adagram_step(M, g, eps, direction="symmetric", refresh=t % REFRESH_EVERY == 0)
+        refresh = t % REFRESH_EVERY == 0
+        out = ksl_adagram_step(M, g, eps, direction="symmetric", refresh=refresh, C=C)
+        C = None if out is None else out.C
         if out is None:
             declined += 1
             out = ksl_adagram_step(M, g, eps)

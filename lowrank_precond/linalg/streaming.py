@@ -151,6 +151,10 @@ class StreamedStep:
         ``|g|^2`` (accumulated in pass 1; ``inf`` if it overflowed the dtype).
     cgs2 : tuple of bool
         Whether the ``U`` / ``V`` side needed the explicit re-orthogonalisation pass.
+    C : array, shape (r, r), or None
+        ``U1^T V1`` of the new factors (symmetric direction; ``None`` for the published one),
+        from the step's small matrices: pass it as ``C`` to the next step, which then skips
+        measuring it.
     """
 
     lowrank: LowRank
@@ -159,6 +163,7 @@ class StreamedStep:
     s: float
     gnorm_sq: float
     cgs2: tuple[bool, bool]
+    C: Any = None
 
 
 def ksl_adagram_available(
@@ -211,6 +216,7 @@ def ksl_adagram_step(
     refresh: bool = False,
     direction: str = "published",
     workspace: Workspace | None = None,
+    C: Any = None,
 ) -> StreamedStep | None:
     """:func:`try_ksl_adagram_step` with ``None`` in place of its
     :class:`~lowrank_precond.backends.fused.Declined` (the reason is dropped).
@@ -223,7 +229,7 @@ def ksl_adagram_step(
     True
     """
     res = try_ksl_adagram_step(
-        lowrank, g, eps, refresh=refresh, direction=direction, workspace=workspace
+        lowrank, g, eps, refresh=refresh, direction=direction, workspace=workspace, C=C
     )
     return None if isinstance(res, Declined) else res
 
@@ -239,6 +245,7 @@ def try_ksl_adagram_step(
     overwrite: bool = False,
     accept: Callable[[float, float], bool] | None = None,
     shards: Shards | None = None,
+    C: Any = None,
 ) -> StreamedStep | Declined:
     """Fused AdaGram increment + KSL Lie--Trotter step in three passes, or why not.
 
@@ -283,6 +290,12 @@ def try_ksl_adagram_step(
         sums over the rows are completed by ``shards.allreduce`` (one call per pass, ``O(r^2)``
         numbers), the outputs are this process's rows, and every process takes the same
         decisions (they depend only on the reduced sums). Default: all rows here.
+    C : array, shape (r, r), optional, keyword-only
+        ``U^T V`` of the input factors, as the previous step returned it
+        (:attr:`StreamedStep.C`); used by the symmetric direction, which otherwise measures
+        it in pass 1 (a read of ``U`` and ``r^2`` products per row: about a quarter of the
+        symmetric step at d = 1e6, r = 5). Refresh steps measure it anyway, so its rounding
+        (``O(u)`` per step, as the factors' orthonormality) does not accumulate.
 
     Returns
     -------
@@ -349,8 +362,9 @@ def try_ksl_adagram_step(
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
+        Ch = None if C is None or direction != "symmetric" else kernels.host(C)
         res = _host_step(
-            kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept, shards
+            kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept, shards, Ch
         )
     if isinstance(res, Declined):
         return res
@@ -386,6 +400,7 @@ class _HostStep:
     s: float
     gg: float
     cgs2: tuple[bool, bool]
+    C1: Any = None
 
 
 def _from_host(kernels: FusedKernels, res: _HostStep, like: LowRank) -> StreamedStep:
@@ -397,7 +412,8 @@ def _from_host(kernels: FusedKernels, res: _HostStep, like: LowRank) -> Streamed
         r = int(like.U.shape[1])
         U1, V1 = W1[:r, :].T, W1[r:, :].T
     low = LowRank(U1, kernels.wrap(res.S1), V1)
-    return StreamedStep(low, kernels.wrap(res.p), res.nu, res.s, res.gg, res.cgs2)
+    C1 = None if res.C1 is None else kernels.wrap(res.C1)
+    return StreamedStep(low, kernels.wrap(res.p), res.nu, res.s, res.gg, res.cgs2, C1)
 
 
 def _row_blocks(d: int, r: int, dtype: Any, xp: Any, *, write: bool) -> list[tuple[int, int]]:
@@ -475,13 +491,13 @@ class _Passes:
 
 def _host_step(
     ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any,
-    overwrite: bool = False, accept: Any = None, shards: Shards | None = None,
+    overwrite: bool = False, accept: Any = None, shards: Shards | None = None, C: Any = None,
 ) -> _HostStep | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, S, V, g)``: passes 1 and 2, the small
-    algebra, pass 3."""
+    algebra, pass 3. ``C``: ``U^T V`` if known (symmetric direction)."""
     U, S, V, g = host
     P = _Passes(ops, U, V, g, eps, shards)
-    red = _reduce(P, S, direction == "symmetric", refresh, alloc)
+    red = _reduce(P, S, direction == "symmetric", refresh, alloc, C)
     if isinstance(red, Declined):
         return red
     xp, r, n = P.xp, P.r, red.n
@@ -518,14 +534,48 @@ def _host_step(
     out = _Outputs(red.p, 1.0 / s, sym)
     if accept is not None and not accept(red.gg, nu):
         return Declined("caller", "the caller's check of |g|^2 and |gbar| refused the step")
-    W1, pp = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc, overwrite)
+    W1, pp, Tw = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc, overwrite)
+    # after the re-orthogonalisation pass the write's coefficients are ~1/h (h the small
+    # residual): their Gram-matrix product would cancel catastrophically, so C is measured
+    # again by the next step instead
+    C1 = None if red.C is None or H is not None else _next_C(P, red, Tw)
     if sym is not None:
         (pp,) = P.reduce(pp)
     if sym is not None and pp > 0.0 and math.isfinite(pp):
         # the symmetric direction at its exact length |G^{-1/2} g| = |L^{-1} g| = nu / s
         ops.scale_into(red.p, (slice(0, P.d),), (nu / s) / math.sqrt(pp))
     cgs2 = (sides[0].explicit, sides[1].explicit)
-    return _HostStep(W1, xp.astype(S1, P.dt), red.p, nu, s, red.gg, cgs2)
+    return _HostStep(W1, xp.astype(S1, P.dt), red.p, nu, s, red.gg, cgs2, C1)
+
+
+def _next_C(P: _Passes, red: _Reduced, Tw: Any) -> Any:
+    """``U1^T V1`` from the small matrices (factor dtype), with no pass over ``d``.
+
+    Pass 3 writes ``[U1 V1]^T = Tw [U V gbar]^T`` (``Tw`` is ``(2r, 2r+1)``; ``None``: the
+    bases did not change), so ``U1^T V1 = Tw_u G3 Tw_v^T`` with ``G3`` the Gram matrix of
+    ``[U V gbar]``: ``[[U^T U, C, a1], [C^T, V^T V, vg], [., ., n]]``, where ``U^T U = V^T V =
+    I`` to the factors' rounding (a refresh step measured them: ``red.G``). The result
+    carries that rounding, ``O(u)`` per step, until the next refresh measures ``C`` again.
+    """
+    xp, r, cdt = P.xp, P.r, P.cdt
+    C = xp.astype(red.C, cdt)
+    if Tw is None:
+        return xp.astype(C, P.dt)
+    if red.G is not None:
+        top = red.G
+    else:
+        eye = xp.eye(r, dtype=cdt, device=P.dev)
+        top = xp.concat([xp.concat([eye, C], axis=1), xp.concat([C.T, eye], axis=1)], axis=0)
+    av = xp.reshape(xp.concat([red.a1c, red.vgc]), (2 * r, 1))
+    G3 = xp.concat(
+        [
+            xp.concat([top, av], axis=1),
+            xp.concat([av.T, xp.asarray([[red.n]], dtype=cdt, device=P.dev)], axis=1),
+        ],
+        axis=0,
+    )
+    T = xp.astype(Tw, cdt)
+    return xp.astype(T[:r, :] @ G3 @ T[r:, :].T, P.dt)
 
 
 def _finite(xp: Any, *parts: Any) -> bool:
@@ -564,11 +614,17 @@ class _Reduced:
     yg: Any
 
 
-def _reduce(P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any) -> _Reduced | Declined:
-    """Passes 1 and 2 and the checks of what they found."""
+def _reduce(
+    P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any, C_known: Any = None
+) -> _Reduced | Declined:
+    """Passes 1 and 2 and the checks of what they found (``C_known``: ``U^T V`` if known,
+    else measured in pass 1 for the symmetric direction; refresh steps always measure it)."""
     xp, cdt, r = P.xp, P.cdt, P.r
     Sc = xp.astype(S, cdt)
-    c1, gg, C = P.reduce(*_pass_project(P, symmetric))
+    measure = symmetric and (C_known is None or refresh)
+    c1, gg, C = P.reduce(*_pass_project(P, measure))
+    if symmetric and not measure:
+        C = C_known if C_known.dtype == P.dt else xp.astype(C_known, P.dt)
     c1c = xp.astype(c1, cdt)
     if not math.isfinite(float(xp.sum(c1c))):
         return Declined("gradient", "V^T g is not finite")
@@ -808,9 +864,10 @@ def _pass_write(
     vu, alpha_u, vv, alpha_v = gauges
     change = [v is not None and sd.extend for sd, v in zip(sides, (vu, vv), strict=True)]
     if not any(change) and roots[0] is None:  # gbar in span U and span V: only S changes
-        return None, _direction_only(P, out)
+        return None, _direction_only(P, out), None
     coefs = _write_coefficients(P, sides, change, ((vu, alpha_u), (vv, alpha_v)), roots)
     Vm, Mm, hcol, inv_hs, Bm = coefs
+    Tw = _write_matrix(P, Vm, Mm, hcol, Bm)
     W1 = P.W if overwrite else alloc((2 * P.r, P.d))
     # the symmetric direction's [U V] alpha + coef_g gbar as a third row of E: one product
     # per block for both (p = g / sqrt(eps) + that row)
@@ -821,10 +878,10 @@ def _pass_write(
         hcol = P.xp.concat([hcol, P.xp.asarray([coef_g], dtype=P.dt, device=P.dev)])
     if P.jit is not None and H is None and Bm is None:
         if fused:
-            return W1, P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root)
+            return W1, P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root), Tw
         if out.sym is None:
             P.jit.write(P.W, W1, out.p, Vm, Mm, hcol, out.inv_s)
-            return W1, math.nan
+            return W1, math.nan, Tw
     E = P.scratch(3 if fused else 2) if H is None else H
     pp = 0.0
     for a, b in P.wblocks:
@@ -839,7 +896,21 @@ def _pass_write(
             P.ops.axpy_into(out.p, (slice(a, b),), P.inv_root, P.gblock(a, b), E[2, : b - a])
         pb = out.p[a:b]
         pp += float(pb @ pb)
-    return W1, (pp if out.sym is not None else math.nan)
+    return W1, (pp if out.sym is not None else math.nan), Tw
+
+
+def _write_matrix(P: _Passes, Vm: Any, Mm: Any, h: Any, Bm: Any) -> Any:
+    """``Tw`` with ``[U1 V1]^T = Tw [U V gbar]^T``, the ``(2r, 2r+1)`` matrix of pass 3
+    (without the re-orthogonalisation pass).
+
+    Each block is ``B W + Vm E`` with the rows ``E = h gbar - Mm W`` (``B``: ``I`` or the
+    refresh step's ``Bm``), so ``Tw = [B - Vm Mm, Vm h]``. The implicit extension keeps
+    ``h^2 >= EXTEND_MIN |gbar|^2``, so ``Tw`` has no large entries.
+    """
+    xp, r = P.xp, P.r
+    B = xp.eye(2 * r, dtype=P.dt, device=P.dev) if Bm is None else Bm
+    left = B - Vm @ Mm[:2, :]
+    return xp.concat([left, xp.reshape(Vm @ h[:2], (2 * r, 1))], axis=1)
 
 
 def _direction_only(P: _Passes, out: _Outputs) -> float:

@@ -74,7 +74,7 @@ import re
 import textwrap
 from collections.abc import Callable, Iterable
 from copy import deepcopy
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -162,6 +162,18 @@ def _field_names(cls: type) -> tuple[str, ...]:
         _FIELD_NAMES[cls] = names
         _STATE_CLASSES.setdefault(cls.__name__, cls)
     return names
+
+
+def _defaulted(cls: type) -> set[str]:
+    """The fields of a state dataclass that have a default (may be missing in a checkpoint)."""
+    return {
+        f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING
+    }
+
+
+def _default_of(cls: type, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def _known_state_class(name: Any) -> type | None:
@@ -478,8 +490,8 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
     >>> last < first
     True
     >>> state = opt.state[model.weight]  # one state for the group, kept at its first param
-    >>> state["state_type"], state["spans"], sorted(state)[:5]
-    ('AdaGramState', 2, ['P', 'Q', 'S', 'U', 'V'])
+    >>> state["state_type"], state["spans"], sorted(state)[:6]
+    ('AdaGramState', 2, ['C', 'P', 'Q', 'S', 'U', 'V'])
 
     Any factory, by name:
 
@@ -883,13 +895,16 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
                 )
         expected = _field_names(cls)
         have = set(fields_) - set(_META_KEYS)
-        if have != set(expected):
+        # a field with a default may be missing (a checkpoint written before it existed)
+        if not set(expected) - _defaulted(cls) <= have <= set(expected):
             raise ValueError(
                 f"{where} has the fields {sorted(have)}, but {name} with these settings keeps a "
                 f"{cls.__name__} with the fields {sorted(expected)}: the state comes from "
                 "another optimizer or other settings"
             )
         for field_name in expected:
+            if field_name not in fields_:
+                continue
             v = fields_[field_name]
             spec = template.arrays.get(field_name) if template is not None else None
             if spec is None:
@@ -1232,6 +1247,14 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         rank = group.get("rank")
         out: dict[str, Any] = {}
         for name in _field_names(cls):
+            if name not in fields_:  # a defaulted field the checkpoint predates
+                spec = template.arrays.get(name) if template is not None else None
+                if spec is not None:  # what init keeps there (empty where it grows)
+                    shape = [0 if s is None else s for s in spec[1]]
+                    out[name] = torch.zeros(shape, dtype=spec[2], device=slot.key.device)
+                else:
+                    out[name] = _default_of(cls, name)
+                continue
             v = fields_[name]
             spec = template.arrays.get(name) if template is not None else None
             if isinstance(v, torch.Tensor):

@@ -129,6 +129,12 @@ class AdaGramState:
         take it (the warm-up steps before truncation, or a gradient whose geometry the fused
         kernel leaves to the reference path).
 
+    C : array, shape (r, r) or (0, 0)
+        ``U^T V``, kept by the fused step of the symmetric direction for the next one (which
+        then does not measure it; re-measured every
+        :data:`~lowrank_precond.linalg.streaming.REFRESH_EVERY` steps); empty after any
+        other step (``None`` in checkpoints written before it existed).
+
     All arrays have the factor dtype (see ``factor_dtype`` in :func:`adagram`) and the
     parameter's device. :attr:`factor` returns ``M`` as a ``Factored`` or ``LowRank``, e.g. for
     :func:`lowrank_precond.linalg.factor_health`.
@@ -143,6 +149,7 @@ class AdaGramState:
     S: Any
     V: Any
     last_impl: str = field(default="reference", kw_only=True)
+    C: Any = field(default=None, kw_only=True)
 
     @classmethod
     def upgrade_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +168,7 @@ class AdaGramState:
         new state (the ``torch.optim`` classes) skip these fields, which saves a read of the
         whole ``d x 2r`` state per step.
         """
-        return ("U", "S", "V") if self.last_impl == "fused" else ()
+        return ("U", "S", "V", "C") if self.last_impl == "fused" else ()
 
     @property
     def truncated(self) -> bool:
@@ -273,7 +280,14 @@ class _Updated:
 
 def _empty_factors(xp: Any, d: int, dtype: Any, device: Any) -> dict[str, Any]:
     z = xp.zeros((d, 0), dtype=dtype, device=device)
-    return {"P": z, "Q": z, "U": z, "S": xp.zeros((0, 0), dtype=dtype, device=device), "V": z}
+    z0 = xp.zeros((0, 0), dtype=dtype, device=device)
+    return {"P": z, "Q": z, "U": z, "S": z0, "V": z, "C": z0}
+
+
+def _known_C(state: AdaGramState) -> Any:
+    """``state.C`` where it is ``U^T V`` of the state's factors, else ``None``."""
+    C, r = state.C, int(state.U.shape[1])
+    return C if C is not None and r > 0 and tuple(C.shape) == (r, r) else None
 
 
 def _counters(state: AdaGramState, gnorm: float, nu: float, eps: float) -> dict[str, Any]:
@@ -340,13 +354,21 @@ def _fused(
         overwrite=overwrite,
         accept=accept,
         shards=shards,
+        C=_known_C(state) if direction == "symmetric" else None,
     )
     if isinstance(res, Declined):
         return res
-    new = res.lowrank
-    fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+    fields = _truncated_fields(state, res.lowrank, res.C)
     fields.update(counters, last_impl="fused")
     return fields, res.direction  # the symmetric one at its exact length, as in _View.own
+
+
+def _truncated_fields(state: AdaGramState, new: LowRank, C: Any = None) -> dict[str, Any]:
+    """The factor fields of a state whose truncated factor is ``new`` (``C``: its ``U^T V``
+    if the step computed it, else the empty ``(0, 0)`` array)."""
+    if C is None:
+        C = array_namespace(new.S).zeros((0, 0), dtype=new.S.dtype, device=device_of(new.S))
+    return {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V, "C": C}
 
 
 def _fused_whole(
@@ -364,8 +386,7 @@ def _fused_whole(
     res = try_ksl_adagram_step_whole(old, g, eps, direction=direction, accept=accept)
     if isinstance(res, Declined):
         return res
-    new = res.lowrank
-    fields = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+    fields = _truncated_fields(state, res.lowrank)
     fields.update(counters, last_impl="fused")
     return fields, res.direction
 
@@ -385,16 +406,17 @@ def _advance(
         info = _rank_one_increment(xp, old, g, eps)
         if info.skipped:
             return _Updated(xp, old, None), None
-        new = integrate(old, info.x, info.y)
         plus = None
-        factors = {"P": state.P, "Q": state.Q, "U": new.U, "S": new.S, "V": new.V}
+        factors = _truncated_fields(state, integrate(old, info.x, info.y))
     else:
         old = _factored(state.P, state.Q)
         plus, info = _inverse_factor_update(xp, old, g, eps)
         if info.skipped:
             return _Updated(xp, old, None), None
         if rank is None or old.rank < rank:  # exact growth (warm-up, or rank=None)
-            factors = {"P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V}
+            factors = {
+                "P": plus.P, "Q": plus.Q, "U": state.U, "S": state.S, "V": state.V, "C": state.C,
+            }  # fmt: skip
         else:  # k would be rank + 1: recompress, then integrate (theory-integrators-warmup)
             new = integrate(_recompress(xp, old, rank), info.x, info.y)
             factors = _empty_factors(xp, d, g.dtype, device_of(g))

@@ -342,3 +342,33 @@ def test_checkpoints_without_the_state_records_still_load():
     _steps(model, opt, batches[5:])
     _steps(model2, opt2, batches[5:])
     _assert_states_identical(opt, opt2)
+
+
+def test_a_checkpoint_written_before_a_defaulted_field_existed_loads():
+    """AdaGram's state gained ``C`` (``U^T V``, carried between symmetric fused steps); a
+    checkpoint without it loads, and the run continues to rounding (the next step measures
+    ``C`` instead of carrying it)."""
+    from lowrank_precond.torch import AdaGram
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(300, dtype=torch.float64, generator=g) for _ in range(14)]
+
+    def run(opt, x, gs):
+        for gr in gs:
+            x.grad = gr.clone()
+            opt.step()
+
+    x = torch.nn.Parameter(torch.zeros(300, dtype=torch.float64))
+    opt = AdaGram([x], lr=0.1, rank=3, eps=1e-3)
+    run(opt, x, grads[:9])
+    saved = opt.state_dict()
+    assert saved["state"][0]["C"].shape == (3, 3)  # carried by the fused steps
+    old = {**saved, "state": {0: {k: v for k, v in saved["state"][0].items() if k != "C"}}}
+    x2 = torch.nn.Parameter(x.detach().clone())
+    opt2 = AdaGram([x2], lr=0.1, rank=3, eps=1e-3)
+    opt2.load_state_dict(old)
+    assert opt2.state[x2]["C"].shape == (0, 0)  # what init keeps: not known
+    run(opt, x, grads[9:])
+    run(opt2, x2, grads[9:])
+    assert float((x - x2).detach().abs().max()) <= 1e-13
+    assert opt2.state[x2]["C"].shape == (3, 3)
