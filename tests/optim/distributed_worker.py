@@ -140,6 +140,24 @@ def run_checkpoint(wrapper: str, path: str) -> dict:
     return {"resumed": whole_params(model2), "straight": whole_params(model)}
 
 
+def run_gather() -> dict:
+    """TorchShards.gather and allreduce with equal and unequal blocks, float64 and int."""
+    from lowrank_precond.optim._distributed import TorchShards
+
+    world = torch.distributed.get_world_size()
+    out = {}
+    for label, counts in (("equal", [3] * world), ("unequal", [2 + i for i in range(world)])):
+        sh = TorchShards(counts)
+        rows = torch.arange(sh.start, sh.stop, dtype=torch.float64)
+        out[label] = (
+            sh.gather(rows.reshape(-1, 1).repeat(1, 2)),
+            sh.gather(rows.numpy()),
+            sh.allreduce([rows.sum().item(), rows.numpy()[:1] * 0 + 1.0]),
+            sum(counts),
+        )
+    return out
+
+
 def worker(rank: int, world: int, port: int, outdir: str, jobs: list) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -150,7 +168,9 @@ def worker(rank: int, world: int, port: int, outdir: str, jobs: list) -> None:
     try:
         for wrapper, name in jobs:
             try:
-                if name == "checkpoint":
+                if name == "gather":
+                    res = run_gather()
+                elif name == "checkpoint":
                     res = run_checkpoint(wrapper, os.path.join(outdir, f"ckpt-{wrapper}"))
                 else:
                     res = run_scenario(wrapper, name)

@@ -23,6 +23,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 WRAPPERS = ("ddp", "fsdp")
 JOBS = [(w, n) for w in WRAPPERS for n in W.SCENARIOS] + [(w, "checkpoint") for w in WRAPPERS]
+JOBS.append(("none", "gather"))
 
 
 def _free_port() -> int:
@@ -107,6 +108,19 @@ def test_a_sharded_checkpoint_resumes_bit_for_bit(world, wrapper):
     for r in res:
         for a, b in zip(r["resumed"], r["straight"], strict=True):
             assert torch.equal(a, b)
+
+
+def test_the_collectives_gather_and_sum_every_block(world):
+    n, results = world
+    res = results["none", "gather"]
+    _check_ok(res)
+    for r in res:
+        for label in ("equal", "unequal"):
+            rows2, rows1, (total, ones), d = r[label]
+            expect = torch.arange(d, dtype=torch.float64)
+            assert torch.equal(rows2, expect.reshape(-1, 1).repeat(1, 2))
+            assert rows1.tolist() == expect.tolist()  # a NumPy array in, one out
+            assert total == float(expect.sum()) and ones.tolist() == [float(n)]
 
 
 def test_shard_state_needs_a_process_group_and_a_spanning_state():
