@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from streaming_states import orth, random_state, rel
 
 from lowrank_precond.backends.fused import Declined, fused_kernels
 from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment
@@ -16,19 +17,6 @@ from lowrank_precond.linalg.streaming import (
 )
 
 pytestmark = pytest.mark.usefixtures("pass_kernels")  # every test with both pass kernels
-
-
-def orth(A):
-    return np.linalg.qr(A)[0]
-
-
-def rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def random_state(rng, d, r):
-    U, V = orth(rng.standard_normal((d, r))), orth(rng.standard_normal((d, r)))
-    return U, np.diag(rng.random(r) + 0.5) + 0.1 * rng.standard_normal((r, r)), V
 
 
 def dense_step(U, S, V, g, eps):
