@@ -181,7 +181,7 @@ def guard_nonfinite(update: UpdateFn, nonfinite: str, shards: Shards | None = No
         What a non-finite step does (above).
     shards : Shards, optional
         ``grad`` and the direction are this process's rows: the checks are decided on the
-        whole vectors (one ``shards.allreduce`` of three numbers before the step and one
+        whole vectors (one ``shards.allreduce`` of two numbers before the step and one
         after), so that every process takes the same decision.
     """
     check_in("nonfinite", nonfinite, NONFINITE)
