@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from streaming_states import orth, random_state, rel
+from streaming_states import dense_symmetric, near_subspace, orth, random_state, rel
 
 from lowrank_precond.backends.fused import Declined, fused_kernels
 from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment
@@ -271,24 +271,6 @@ def test_outputs_share_one_buffer_and_stacked_inputs_agree(xp_fast, rng):
     for x, y in ((a.lowrank.U, b.lowrank.U), (a.lowrank.S, b.lowrank.S),
                  (a.lowrank.V, b.lowrank.V), (a.direction, b.direction)):  # fmt: skip
         assert np.array_equal(xp.to_numpy(x), xp.to_numpy(y))
-
-
-def dense_symmetric(U, S, V, g, eps):
-    """``G^{-1/2} g = eps^{-1/2} |I - M^+| g`` for ``M^+ = U S V^T + x y^T`` (the symmetric
-    direction of docs/theory.rst, theory-adagram-directions)."""
-    Y0 = U @ S @ V.T
-    gbar = (g - Y0 @ g) / math.sqrt(eps)
-    s = math.hypot(1.0, np.linalg.norm(gbar))
-    Mp = Y0 + np.outer(gbar / (s * (1 + s)), gbar - Y0.T @ gbar)
-    _, sig, Wt = np.linalg.svd(np.eye(U.shape[0]) - Mp)
-    return (Wt.T * sig) @ (Wt @ g) / math.sqrt(eps)
-
-
-def near_subspace(rng, U, angle):
-    """An orthonormal ``V`` with ``span V`` at principal angles ``angle`` from ``span U``."""
-    d, r = U.shape
-    N = orth(np.column_stack([U, rng.standard_normal((d, r))]))[:, r:]  # orthogonal to U
-    return U * math.cos(angle) + N * math.sin(angle)
 
 
 @pytest.mark.usefixtures("small_blocks")

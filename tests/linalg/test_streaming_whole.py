@@ -14,11 +14,9 @@ few ``1e-7`` measured over the chain; ``2e-5`` allowed (the blocked step's float
 allows ``1e-5`` for one step).
 """
 
-import math
-
 import numpy as np
 import pytest
-from streaming_states import orth, random_state, rel
+from streaming_states import dense_symmetric, near_subspace, orth, random_state, rel
 
 from lowrank_precond.backends.fused import Declined, fused_kernels
 from lowrank_precond.linalg import (
@@ -38,23 +36,6 @@ from lowrank_precond.linalg.streaming_torch import (
 
 def dense(xp, M):
     return xp.to_numpy(M.U) @ xp.to_numpy(M.S) @ xp.to_numpy(M.V).T
-
-
-def dense_symmetric(U, S, V, g, eps):
-    """``G^{-1/2} g = eps^{-1/2} |I - M^+| g`` for ``M^+ = U S V^T + x y^T``, densely."""
-    Y0 = U @ S @ V.T
-    gbar = (g - Y0 @ g) / math.sqrt(eps)
-    s = math.hypot(1.0, np.linalg.norm(gbar))
-    Mp = Y0 + np.outer(gbar / (s * (1 + s)), gbar - Y0.T @ gbar)
-    _, sig, Wt = np.linalg.svd(np.eye(U.shape[0]) - Mp)
-    return (Wt.T * sig) @ (Wt @ g) / math.sqrt(eps)
-
-
-def near_subspace(rng, U, angle):
-    """An orthonormal ``V`` with ``span V`` at principal angles ``angle`` from ``span U``."""
-    d, r = U.shape
-    N = orth(np.column_stack([U, rng.standard_normal((d, r))]))[:, r:]
-    return U * math.cos(angle) + N * math.sin(angle)
 
 
 def on(xp, M, dtype=None):
