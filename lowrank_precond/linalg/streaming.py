@@ -661,10 +661,10 @@ def _symmetric_from(P: _Passes, red: _Reduced, us: _Side, bcoef: float) -> Any:
 
 def _pass_project(P: _Passes, symmetric: bool) -> tuple[Any, float, Any]:
     """Pass 1: ``c1 = V^T g``, ``|g|^2`` (and ``C = U^T V`` for the symmetric direction)."""
-    if P.jit is not None:
-        if symmetric:
-            c1, gg, C = P.jit.project_sym(P.W, P.g)
-            return P.xp.astype(c1, P.dt), gg, P.xp.astype(C, P.dt)
+    if P.jit is not None and symmetric and P.jit.project_sym is not None:
+        c1, gg, C = P.jit.project_sym(P.W, P.g)
+        return P.xp.astype(c1, P.dt), gg, P.xp.astype(C, P.dt)
+    if P.jit is not None and not symmetric:
         c1, gg = P.jit.project(P.W, P.g)
         return P.xp.astype(c1, P.dt), gg, None
     c1 = P.zeros(P.r)
@@ -690,10 +690,10 @@ def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, 
     ``(av, n, G, GY, yg)``.
     """
     xp, ops, r, dt = P.xp, P.ops, P.r, P.dt
-    if P.jit is not None and not refresh:
-        if C is None:
-            av, n = P.jit.gbar(P.W, P.g, t, P.inv_root, p)
-            return xp.astype(av, dt), n, None, None, None
+    if P.jit is not None and not refresh and C is None:
+        av, n = P.jit.gbar(P.W, P.g, t, P.inv_root, p)
+        return xp.astype(av, dt), n, None, None, None
+    if P.jit is not None and not refresh and P.jit.gbar_sym is not None:
         av, n, GY, yg = P.jit.gbar_sym(P.W, P.g, t, P.inv_root, p, C)
         return xp.astype(av, dt), n, None, xp.astype(GY, dt), xp.astype(yg, dt)
     GY = yg = negCt = Yv = Yv2 = None

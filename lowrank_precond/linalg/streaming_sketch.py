@@ -436,7 +436,7 @@ def _pass_write(
     keep = int(core.wt.shape[0])
     p = alloc((P.d,))
     jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
-    if jit is not None:
+    if jit is not None and jit.write is not None:
         W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
         jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
         return W1, p

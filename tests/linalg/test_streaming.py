@@ -382,14 +382,20 @@ def test_torch_factors_without_a_numpy_view_decline(rng):
     assert isinstance(out, Declined) and out.code == "view"
 
 
-def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
+@pytest.mark.parametrize("square", [True, False])
+def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square):
     """The compiled passes (partial sums per ``SUM_ROWS`` rows) against the NumPy blocks at a
-    ``d`` that spans several partial sums, both directions, with a refresh step."""
+    ``d`` that spans several partial sums, both directions, with a refresh step; also above
+    ``MAX_SQUARE_RANK``, where the symmetric direction's rank-squared passes are NumPy
+    blocks between compiled ones."""
     from lowrank_precond.backends import numba_kernels
 
     if not numba_kernels.AVAILABLE:
         pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
-    d, r = 5 * numba_kernels.SUM_ROWS + 17, 4
+    r = 4 if square else numba_kernels.MAX_SQUARE_RANK + 2
+    jit = numba_kernels.ksl_kernels(r)
+    assert (jit.gbar_sym is not None, jit.project_sym is not None) == (square, square)
+    d = 5 * numba_kernels.SUM_ROWS + 17
     U, S, V = random_state(rng, d, r)
     grads = [rng.standard_normal(d) for _ in range(12)]
     for direction in ("published", "symmetric"):

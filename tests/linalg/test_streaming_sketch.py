@@ -203,14 +203,18 @@ def test_float32_close_to_float64(rng):
     assert np.abs(U.T @ U - np.eye(r)).max() < 2e-5
 
 
-def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch):
+@pytest.mark.parametrize("square", [True, False])
+def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square):
     """The compiled sketch passes (partial sums per ``SUM_ROWS`` rows) against the NumPy
-    blocks at a ``d`` spanning several partial sums, over a run of steps."""
+    blocks at a ``d`` spanning several partial sums, over a run of steps; also above
+    ``MAX_SQUARE_RANK``, where only the projection is compiled."""
     from lowrank_precond.backends import numba_kernels
 
     if not numba_kernels.AVAILABLE:
         pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
-    d, k = 5 * numba_kernels.SUM_ROWS + 17, 4
+    k = 4 if square else numba_kernels.MAX_SQUARE_RANK + 2
+    assert (numba_kernels.sketch_kernels(k, k).write is not None) == square
+    d = 5 * numba_kernels.SUM_ROWS + 17
     start = random_sketch(rng, d, k)
     grads = [rng.standard_normal(d) for _ in range(12)]
     runs = []
