@@ -121,6 +121,7 @@ def _bench_error(capsys, argv):
         (["--dims", "100", "--repeat", "nan"], "--repeat"),
         (["--dims", "100", "--repeat", "1e15"], "--repeat"),  # a gradient per timed call
         (["--dims", "100", "--dtypes", ""], "--dtypes"),
+        (["--dims", "100", "--threads", "0"], "--threads"),
         (["--dims", "100", "--device", "cuda"], "--device"),  # NumPy has no CUDA device
     ],
 )
@@ -206,3 +207,44 @@ def test_torch_backend_also_times_the_optimizer_step():
         assert r.state_dtype == "float64" and r.ms > 0 and r.floor_ms > 0
         base = next(b for b in rows if b.method == "adagrad" and b.timed == r.timed)
         assert r.ratio_adagrad == pytest.approx(r.ms / base.ms)
+
+
+def test_threads_hold_while_timing_and_are_restored(monkeypatch):
+    """``threads``: the floor and every method are timed with that many BLAS (and torch)
+    threads; the process's settings come back afterwards, also when the run fails."""
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    from threadpoolctl import threadpool_info
+
+    import lowrank_precond.cli.bench as bench
+
+    seen = []
+    real = bench._floor_fn
+
+    def spy(*args, **kwargs):
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        seen.append((torch.get_num_threads(), blas))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_floor_fn", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(backend="torch", dims=[200], ranks=[2], methods=["adagrad"], repeat=1)
+        assert seen and all(t == 1 and set(b) <= {1} for t, b in seen)
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        run(backend="torch", dims=[200], ranks=[2], methods=["adagrad"], repeat=1, threads=None)
+        assert seen and all(t == 2 for t, _ in seen)
+        monkeypatch.setattr(bench, "_floor_fn", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            run(backend="torch", dims=[200], ranks=[2], methods=["adagrad"], repeat=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_threads():
+    with pytest.raises(ValueError, match="threads"):
+        run(dims=[100], methods=["adagrad"], threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        run(dims=[100], methods=["adagrad"], threads=1.5)

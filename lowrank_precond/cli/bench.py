@@ -20,12 +20,13 @@ its table or ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,6 +350,7 @@ def run(
     seed: int = 0,
     progress: bool = False,
     stream: str = "distinct",
+    threads: int | None = 1,
 ) -> list[BenchRow]:
     """Time one ``update`` of each method; return one :class:`BenchRow` per measurement.
 
@@ -369,13 +371,18 @@ def run(
         ``"distinct"`` (default): every update gets a new gradient, as in training.
         ``"repeated"``: four gradients cycled, so that after the warm-up each one lies in the
         span of the stored factors (the degenerate case of the rank-r integrators).
+    threads : int or None
+        CPU threads while anything is timed, the same for the floor and every method: BLAS
+        (``threadpoolctl``) and torch's intra-op pool; restored afterwards. Default 1 (the
+        fused steps run their BLAS on one thread anyway); ``None`` leaves both as they are.
 
     Raises
     ------
     ValueError
         Before anything is timed: a dimension, rank or ``repeat`` below 1, a rank above a
         dimension, a size whose arrays cannot fit in the device's memory, a device the
-        backend cannot use (``"cuda"`` without CUDA), an unknown method, dtype or stream.
+        backend cannot use (``"cuda"`` without CUDA), an unknown method, dtype or stream,
+        ``threads`` below 1.
     TypeError
         A dimension, rank or ``repeat`` that is not an integer.
 
@@ -385,8 +392,6 @@ def run(
     >>> rows[0].method, rows[0].d
     ('adagrad', 1000)
     """
-    from tqdm.auto import tqdm
-
     xp = backends.get(backend)
     _check_device(xp, backend, device)
     _check_sizes(backend, device, dims, ranks, dtypes, repeat)
@@ -399,6 +404,52 @@ def run(
         specs = [by_label[m] for m in methods]
     if stream not in ("distinct", "repeated"):
         raise ValueError(f"stream: expected 'distinct' or 'repeated', got {stream!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise TypeError(f"threads: expected an int or None, got {threads!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads: expected >= 1, got {threads}")
+    with _threads(backend, threads):
+        return _run(xp, backend, device, dims, ranks, dtypes, specs, repeat, seed, progress, stream)
+
+
+@contextlib.contextmanager
+def _threads(backend: str, threads: int | None) -> Iterator[None]:
+    """BLAS and (for the torch backend) torch's intra-op pool on ``threads`` threads."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = None
+    if backend == "torch":
+        import torch
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+def _run(
+    xp: Any,
+    backend: str,
+    device: str | None,
+    dims: Sequence[int],
+    ranks: Sequence[int],
+    dtypes: Sequence[str],
+    specs: list[Any],
+    repeat: int,
+    seed: int,
+    progress: bool,
+    stream: str,
+) -> list[BenchRow]:
+    """:func:`run` once its arguments are checked."""
+    from tqdm.auto import tqdm
+
     jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
     kinds = [("update", _time_method)]
     if backend == "torch":
@@ -516,12 +567,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="gradients: a new one per update (default) or four cycled (each in the span "
         "of the stored factors after the warm-up)",
     )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads (BLAS and torch) for the floor and every method alike (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.set_defaults(run=run_cli)
 
 
 #: messages of :func:`run` that name a flag (``"dims: ..."`` is reported as ``--dims: ...``)
-_FLAGS = ("dims:", "ranks:", "repeat:", "dtypes:", "device:", "methods:", "stream:")
+_FLAGS = ("dims:", "ranks:", "repeat:", "dtypes:", "device:", "methods:", "stream:", "threads:")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -547,6 +604,7 @@ def run_cli(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             progress=not args.json,
             stream=args.stream,
+            threads=args.threads,
         )
     except (ValueError, TypeError, ImportError) as exc:
         raise UsageError(f"--{exc}" if str(exc).startswith(_FLAGS) else str(exc)) from None
