@@ -51,6 +51,7 @@ __all__ = [
     "AVAILABLE",
     "MAX_RANK",
     "MAX_SQUARE_RANK",
+    "SEPARATE_WRITE_MAX_RANK",
     "MIN_ROWS",
     "SUM_ROWS",
     "KslKernels",
@@ -73,6 +74,11 @@ MAX_RANK = 32
 #: cached on disk), and from r ~ 10 the NumPy blocks' matrix products are efficient BLAS
 #: calls anyway (the sketch's write at k = 20: 82 ms compiled, 27 ms for its BLAS products)
 MAX_SQUARE_RANK = 8
+#: the largest rank whose writing pass runs compiled into a separate output buffer. Above it
+#: the pass's ``4 r`` row streams (``2 r`` read and ``2 r`` written, ``d`` entries apart) thrash
+#: the cache sets: measured at d = 1e6, r = 20, 271 ms into a new buffer against 30 ms in
+#: place and about 60 ms for the NumPy blocks. In place (``W1`` is ``W``) it runs at every rank
+SEPARATE_WRITE_MAX_RANK = 8
 #: rows per partial sum (float64 accumulators, added up per block)
 SUM_ROWS = 1024
 #: rows that the writing passes run side by side, in vector registers (same bits as one by

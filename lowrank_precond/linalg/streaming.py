@@ -880,7 +880,9 @@ def _pass_write(
         alpha, coef_g = out.sym
         Mm = P.xp.concat([Mm, P.xp.reshape(-alpha, (1, 2 * P.r))], axis=0)
         hcol = P.xp.concat([hcol, P.xp.asarray([coef_g], dtype=P.dt, device=P.dev)])
-    if P.jit is not None and H is None and Bm is None:
+    in_place = W1 is P.W
+    compiled = in_place or P.r <= numba_kernels.SEPARATE_WRITE_MAX_RANK
+    if P.jit is not None and compiled and H is None and Bm is None:
         if fused:
             return W1, P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root), Tw
         if out.sym is None:

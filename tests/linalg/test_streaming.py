@@ -382,12 +382,14 @@ def test_torch_factors_without_a_numpy_view_decline(rng):
     assert isinstance(out, Declined) and out.code == "view"
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("square", [True, False])
-def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square):
+def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square, overwrite):
     """The compiled passes (partial sums per ``SUM_ROWS`` rows) against the NumPy blocks at a
     ``d`` that spans several partial sums, both directions, with a refresh step; also above
     ``MAX_SQUARE_RANK``, where the symmetric direction's rank-squared passes are NumPy
-    blocks between compiled ones."""
+    blocks between compiled ones, and the writing pass is compiled only in place
+    (``SEPARATE_WRITE_MAX_RANK``)."""
     from lowrank_precond.backends import numba_kernels
 
     if not numba_kernels.AVAILABLE:
@@ -404,8 +406,12 @@ def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square):
             monkeypatch.setattr(numba_kernels, "MIN_ROWS", min_rows)
             M, ps = LowRank(U, S, V), []
             for i, g in enumerate(grads):
-                out = try_ksl_adagram_step(M, g, 0.1, direction=direction, refresh=i == 7)
+                out = try_ksl_adagram_step(
+                    M, g, 0.1, direction=direction, refresh=i == 7, overwrite=overwrite
+                )
                 assert not isinstance(out, Declined), out
+                if overwrite and i > 0:  # the input is then a (2r, d) buffer of a step's output
+                    assert np.shares_memory(out.lowrank.U, M.U) or out.lowrank.U is M.U
                 M = out.lowrank
                 ps.append(out.direction)
             runs.append((M.U @ M.S @ M.V.T, np.array(ps)))

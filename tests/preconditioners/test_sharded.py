@@ -170,7 +170,7 @@ def test_the_fused_steps_only_reduce_small_sums(name):
     shards, group = _run_sharded(FACTORIES[name], grads, bounds)
     warm = 4  # rank 3: three exact / filling steps and the recompressing one
     assert all(impl == "fused" for impl in shards[0][2][warm:]), shards[0][2]
-    gathered, reduced = group.gathered_rows, group.reduced_numbers
+    gathered = group.gathered_rows
     shards2, group2 = _run_sharded(FACTORIES[name], grads[: warm + 2], bounds)
     shards3, group3 = _run_sharded(FACTORIES[name], grads[:warm], bounds)
     # the fused steps gathered nothing ...
