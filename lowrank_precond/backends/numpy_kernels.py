@@ -43,9 +43,15 @@ def empty(shape: tuple[int, ...], dtype: Any) -> Any:
     return np.empty(shape, dtype=dtype)
 
 
-def residual_into(parent: Any, index: Any, c: Any, g: Any, M: Any, F: Any) -> None:
+def residual_into(
+    parent: Any, index: Any, c: Any, g: Any, M: Any, F: Any, scratch: Any = None
+) -> None:
     """``parent[index] = c g^T - M @ F`` (``c`` ``(k,)``, ``g`` ``(B,)``, ``M`` ``(k, n)``,
     ``F`` ``(n, B)``; a 1-D ``index`` with ``k = 1`` squeezed: ``c`` a float, ``M`` ``(n,)``).
+
+    With ``scratch`` (shaped like ``parent[index]``) the product is formed there first, so
+    that ``parent[index]`` may be ``F`` itself (an in-place update), and no temporary is
+    allocated; the result is the same, bit for bit.
 
     Examples
     --------
@@ -61,11 +67,12 @@ def residual_into(parent: Any, index: Any, c: Any, g: Any, M: Any, F: Any) -> No
            [1., 1., 1.]])
     """
     dst = parent[index]
+    product = M @ F if scratch is None else np.matmul(M, F, out=scratch)
     if isinstance(c, float):
         np.multiply(g, c, out=dst)
     else:
         np.multiply(c[:, None], g, out=dst)
-    dst -= M @ F
+    dst -= product
 
 
 def lincomb_into(parent: Any, index: Any, base: Any, Vm: Any, E: Any) -> None:

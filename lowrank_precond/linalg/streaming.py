@@ -706,9 +706,10 @@ def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, 
     av = P.zeros(2 * r)
     G = None
     n = 0.0
+    Ut_b = ops.empty((P.blocks[0][1] - P.blocks[0][0],), dt)  # U_b t
     for a, b in P.blocks:
         Ub, Vb = P.Ut[:, a:b], P.Vt[:, a:b]
-        ops.residual_into(p, (slice(a, b),), P.inv_root, P.gblock(a, b), t, Ub)
+        ops.residual_into(p, (slice(a, b),), P.inv_root, P.gblock(a, b), t, Ub, Ut_b[: b - a])
         gb = p[a:b]
         av = av + P.W[:, a:b] @ gb
         n += float(gb @ gb)

@@ -192,11 +192,12 @@ def try_fd_sketch_step(
     workspace : Workspace, optional, keyword-only
         Recycles the output buffers (see :class:`~lowrank_precond.backends.blocked.Workspace`).
     overwrite : bool, keyword-only
-        Write the new ``U`` into the memory of ``sketch.U`` where the compiled passes run
-        (:mod:`lowrank_precond.backends.numba_kernels`) and the sketch keeps its size: one
-        buffer read and written instead of two. ``sketch`` must not be used after a step that
-        returns a :class:`StreamedSketchStep`; after a :class:`Declined` it is unchanged
-        (every check runs before the first write). Default ``False``: nothing is modified.
+        Write the new ``U`` into the memory of ``sketch.U`` (the transpose of a row-contiguous
+        buffer, as these steps' outputs are; else into the step's row copy) where the sketch
+        keeps its size: one buffer read and written instead of two. ``sketch`` must not be used
+        after a step that returns a :class:`StreamedSketchStep`; after a :class:`Declined` it
+        is unchanged (every check runs before the first write). Default ``False``: nothing is
+        modified.
     shards : Shards, optional, keyword-only
         ``U`` and ``g`` are this process's rows of length-``shards.size`` arrays
         (:mod:`lowrank_precond.backends.shards`): each pass's sums over the rows are
@@ -430,27 +431,32 @@ def _pass_write(
 ) -> tuple[Any, Any]:
     """Pass 2: ``U_new`` (one ``(keep, d)`` buffer) and ``p = g / sqrt(base) + U_new cv``.
 
-    With ``overwrite`` the compiled pass writes ``U_new`` over ``U`` (it reads a row's ``k``
-    entries before it writes any); the NumPy blocks always write a new buffer."""
+    With ``overwrite`` ``U_new`` is written over ``U`` (rows): the compiled pass reads a row's
+    ``k`` entries before it writes any, the NumPy blocks form a block's product in a scratch
+    block before writing the block."""
     ops = P.ops
     keep = int(core.wt.shape[0])
     p = alloc((P.d,))
+    W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
     jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
     if jit is not None and jit.write is not None:
-        W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
         jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
         return W1, p
-    W1 = alloc((keep, P.d))
+    rows0 = P.wblocks[0][1] - P.wblocks[0][0]
+    T = ops.empty((keep, rows0), P.dt)  # A U_b, before W1_b
+    t = ops.empty((rows0,), P.dt)  # U_new cv
+    negcv = -core.cv
     for a, b in P.wblocks:
         rows = (slice(None), slice(a, b))
         Fb = P.Ut[:, a:b]
+        Tb = T[:, : b - a]
         if c2 is None:  # h_b = g_b - c^T U_b folded into A: W1_b = w g_b^T - (-A) U_b
-            ops.residual_into(W1, rows, core.wt, P.g[a:b], core.negA, Fb)
+            ops.residual_into(W1, rows, core.wt, P.g[a:b], core.negA, Fb, Tb)
         else:  # CGS2: h_b = (g_b - c1^T U_b) - c2^T U_b, then W1_b = w h_b^T + A U_b
             hb = _first_residual(P, H, c1, a, b)
             ops.residual_into(H, (0, slice(0, b - a)), 1.0, hb, c2, Fb)
-            ops.residual_into(W1, rows, core.wt, H[0, : b - a], core.negA, Fb)
-        ops.residual_into(p, (slice(a, b),), core.inv_sb, P.g[a:b], -core.cv, W1[:, a:b])
+            ops.residual_into(W1, rows, core.wt, H[0, : b - a], core.negA, Fb, Tb)
+        ops.residual_into(p, (slice(a, b),), core.inv_sb, P.g[a:b], negcv, W1[:, a:b], t[: b - a])
     return W1, p
 
 
