@@ -274,8 +274,9 @@ def test_outputs_share_one_buffer_and_stacked_inputs_agree(xp_fast, rng):
 
 
 @pytest.mark.usefixtures("small_blocks")
-def test_symmetric_direction_matches_dense(xp, rng):
-    d, r, eps = 80, 4, 0.05
+@pytest.mark.parametrize("r", [4, 9])  # Y^T Y by gemm of a copy, and by syrk (r >= 8)
+def test_symmetric_direction_matches_dense(xp, rng, r):
+    d, eps = 80, 0.05
     U, S, V = random_state(rng, d, r)
     for angle in (None, 1e-3, 0.0):  # generic, nearby (kept), coinciding (dropped) spans
         if angle is not None:
