@@ -7,8 +7,9 @@ small matrix product whose inner dimension is the rank. Here each pass is one lo
 rows, generated for its rank: a row's entries, the small coefficients and the partial sums
 are local scalars, so a row's arithmetic runs in registers, every factor is read once per
 pass and each output written once. Measured at d = 1e6, r = 5, float64, one thread (an
-in-place copy of ``U`` and ``V`` took 11 ms): the writing pass 5.6 ms in place (10 ms into a
-new buffer) instead of 12.9 ms for the NumPy blocks, the ``gbar`` pass 4.8 ms instead of 6.6,
+in-place copy of ``U`` and ``V`` took 11 ms): the writing pass 5.0 ms in place (11.7 ms into
+a new buffer; rows side by side, see :data:`WRITE_LANES`) instead of 12.9 ms for the NumPy
+blocks, the ``gbar`` pass 4.8 ms instead of 6.6,
 its symmetric form 9.7 ms instead of 19.8 (``asv_bench/scripts/step_vs_floor.py`` times the
 whole step).
 

@@ -384,7 +384,7 @@ def run(
         backend cannot use (``"cuda"`` without CUDA), an unknown method, dtype or stream,
         ``threads`` below 1.
     TypeError
-        A dimension, rank or ``repeat`` that is not an integer.
+        A dimension, rank, ``repeat`` or ``threads`` that is not an integer.
 
     Examples
     --------

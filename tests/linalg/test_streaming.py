@@ -493,3 +493,34 @@ def test_compiled_passes_do_not_depend_on_where_the_arrays_lie(rng):
             [*results[0][0], *results[0][1], results[0][2]], [*res[0], *res[1], res[2]], strict=True
         ):
             assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_compiled_write_into_a_separate_buffer_stops_at_its_rank(rng, monkeypatch):
+    """Above ``SEPARATE_WRITE_MAX_RANK`` the compiled writing pass runs only in place (into a
+    separate buffer its row streams thrash the cache); at or below it, both ways."""
+    import dataclasses
+
+    from lowrank_precond.backends import numba_kernels
+
+    if not numba_kernels.AVAILABLE:
+        pytest.skip("numba is not installed (the 'fast' extra): no compiled passes")
+    monkeypatch.setattr(numba_kernels, "MIN_ROWS", 0)
+    calls = []
+    real = numba_kernels.ksl_kernels
+
+    def spied(r):
+        k = real(r)
+        return dataclasses.replace(k, write=lambda *a: (calls.append(a[1] is a[0]), k.write(*a)))
+
+    monkeypatch.setattr(numba_kernels, "ksl_kernels", spied)
+    for r in (numba_kernels.SEPARATE_WRITE_MAX_RANK, numba_kernels.SEPARATE_WRITE_MAX_RANK + 1):
+        d = 4 * r + 40
+        M = ksl_adagram_step(LowRank(*random_state(rng, d, r)), rng.standard_normal(d), 0.1)
+        M = M.lowrank  # outputs: halves of one (2r, d) buffer, which overwrite can reuse
+        for overwrite in (False, True):
+            calls.clear()
+            out = try_ksl_adagram_step(M, rng.standard_normal(d), 0.1, overwrite=overwrite)
+            assert not isinstance(out, Declined), out
+            compiled = overwrite or r <= numba_kernels.SEPARATE_WRITE_MAX_RANK
+            assert calls == ([overwrite] if compiled else []), (r, overwrite, calls)
+            M = out.lowrank
