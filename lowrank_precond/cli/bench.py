@@ -392,6 +392,8 @@ def run(
     >>> rows[0].method, rows[0].d
     ('adagrad', 1000)
     """
+    from tqdm.auto import tqdm
+
     xp = backends.get(backend)
     _check_device(xp, backend, device)
     _check_sizes(backend, device, dims, ranks, dtypes, repeat)
@@ -409,7 +411,55 @@ def run(
     if threads is not None and threads < 1:
         raise ValueError(f"threads: expected >= 1, got {threads}")
     with _threads(backend, threads):
-        return _run(xp, backend, device, dims, ranks, dtypes, specs, repeat, seed, progress, stream)
+        jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
+        kinds = [("update", _time_method)]
+        if backend == "torch":
+            kinds.append(("optimizer.step", _time_optimizer_step))
+        rows: list[BenchRow] = []
+        for dtype_name, d, rank in tqdm(jobs, disable=not progress, desc="bench", unit="size"):
+            floors: dict[str, Callable[[], Any]] = {}
+
+            def floor_for(
+                name: str, d: int = d, rank: int = rank, floors: dict[str, Any] = floors
+            ) -> Callable[[], Any]:
+                if name not in floors:  # the floor of the state's dtype, built once per cell
+                    floors[name] = _floor_fn(xp, d, rank, getattr(xp, name), device)
+                return floors[name]
+
+            pool = _gradients(
+                xp, d, rank + 3 + max(repeat, 4), getattr(xp, dtype_name), device, seed
+            )
+            for timed, fn in kinds:
+                times: dict[str, tuple[float, float, str]] = {}
+                for spec in specs:
+                    if spec.max_dim is not None and d > spec.max_dim:
+                        continue
+                    times[spec.label] = fn(spec, rank, pool, floor_for, repeat, stream)
+                # each floor: the best seen in this cell for that dtype
+                best_floor: dict[str, float] = {}
+                for _, fl, dt in times.values():
+                    best_floor[dt] = min(best_floor.get(dt, math.inf), fl)
+                base = times.get("adagrad")
+                for label, (sec, _, dt) in times.items():
+                    floor = best_floor[dt]
+                    rows.append(
+                        BenchRow(
+                            backend=backend,
+                            device=str(device or "default"),
+                            dtype=dtype_name,
+                            d=d,
+                            rank=rank,
+                            method=label,
+                            ms=sec * 1e3,
+                            floor_ms=floor * 1e3,
+                            ratio_floor=sec / floor,
+                            ratio_adagrad=None if base is None else sec / base[0],
+                            state_dtype=dt,
+                            timed=timed,
+                        )
+                    )
+            del pool
+        return rows
 
 
 @contextlib.contextmanager
@@ -432,71 +482,6 @@ def _threads(backend: str, threads: int | None) -> Iterator[None]:
     finally:
         if torch is not None:
             torch.set_num_threads(before)
-
-
-def _run(
-    xp: Any,
-    backend: str,
-    device: str | None,
-    dims: Sequence[int],
-    ranks: Sequence[int],
-    dtypes: Sequence[str],
-    specs: list[Any],
-    repeat: int,
-    seed: int,
-    progress: bool,
-    stream: str,
-) -> list[BenchRow]:
-    """:func:`run` once its arguments are checked."""
-    from tqdm.auto import tqdm
-
-    jobs = [(dt, d, r) for dt in dtypes for d in dims for r in ranks]
-    kinds = [("update", _time_method)]
-    if backend == "torch":
-        kinds.append(("optimizer.step", _time_optimizer_step))
-    rows: list[BenchRow] = []
-    for dtype_name, d, rank in tqdm(jobs, disable=not progress, desc="bench", unit="size"):
-        floors: dict[str, Callable[[], Any]] = {}
-
-        def floor_for(
-            name: str, d: int = d, rank: int = rank, floors: dict[str, Any] = floors
-        ) -> Callable[[], Any]:
-            if name not in floors:  # the floor of the state's dtype, built once per cell
-                floors[name] = _floor_fn(xp, d, rank, getattr(xp, name), device)
-            return floors[name]
-
-        pool = _gradients(xp, d, rank + 3 + max(repeat, 4), getattr(xp, dtype_name), device, seed)
-        for timed, fn in kinds:
-            times: dict[str, tuple[float, float, str]] = {}
-            for spec in specs:
-                if spec.max_dim is not None and d > spec.max_dim:
-                    continue
-                times[spec.label] = fn(spec, rank, pool, floor_for, repeat, stream)
-            # each floor: the best seen in this cell for that dtype
-            best_floor: dict[str, float] = {}
-            for _, fl, dt in times.values():
-                best_floor[dt] = min(best_floor.get(dt, math.inf), fl)
-            base = times.get("adagrad")
-            for label, (sec, _, dt) in times.items():
-                floor = best_floor[dt]
-                rows.append(
-                    BenchRow(
-                        backend=backend,
-                        device=str(device or "default"),
-                        dtype=dtype_name,
-                        d=d,
-                        rank=rank,
-                        method=label,
-                        ms=sec * 1e3,
-                        floor_ms=floor * 1e3,
-                        ratio_floor=sec / floor,
-                        ratio_adagrad=None if base is None else sec / base[0],
-                        state_dtype=dt,
-                        timed=timed,
-                    )
-                )
-        del pool
-    return rows
 
 
 def _positive_int(text: str) -> int:

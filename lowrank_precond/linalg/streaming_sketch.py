@@ -438,9 +438,8 @@ def _pass_write(
     keep = int(core.wt.shape[0])
     p = alloc((P.d,))
     W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
-    square = P.k <= numba_kernels.MAX_SQUARE_RANK  # the rotation is compiled up to there
-    jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and square and c2 is None else None
-    if jit is not None:
+    jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
+    if jit is not None and jit.write is not None:  # compiled up to MAX_SQUARE_RANK
         jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
         return W1, p
     rows0 = P.wblocks[0][1] - P.wblocks[0][0]
