@@ -1024,16 +1024,15 @@ class PreconditionedOptimizer(torch.optim.Optimizer):
         for plan in plans:
             if plan.failed:
                 continue
-            lr, wd = plan.group["lr"], plan.group["weight_decay"]
+            # a tensor lr steps exactly as a float of its value (as torch's own optimizers,
+            # which read it with .item() unless capturable)
+            lr, wd = float(plan.group["lr"]), plan.group["weight_decay"]
             for unit, direction, record in plan.results:
                 self.state[unit.slot.key] = record
                 for p, d in self._deliver(plan, unit, direction):
                     if wd != 0:
                         p.mul_(1.0 - lr * wd)
-                    if isinstance(lr, torch.Tensor):
-                        p.sub_(d * lr)
-                    else:
-                        p.add_(d, alpha=-lr)
+                    p.add_(d, alpha=-lr)
         return loss
 
     def _compute(self, plan: _Plan, earlier: list[torch.Tensor] | None = None) -> None:
