@@ -6,17 +6,19 @@ The row-blocked passes of :mod:`lowrank_precond.linalg.streaming` and
 small matrix product whose inner dimension is the rank. Here each pass is one loop over the
 rows, generated for its rank: a row's entries, the small coefficients and the partial sums
 are local scalars, so a row's arithmetic runs in registers, every factor is read once per
-pass and each output written once. Measured at d = 1e6, r = 5, float64, one thread (an
-in-place copy of ``U`` and ``V`` took 11 ms): the writing pass 5.0 ms in place (11.7 ms into
-a new buffer; rows side by side, see :data:`WRITE_LANES`) instead of 12.9 ms for the NumPy
-blocks, the ``gbar`` pass 4.8 ms instead of 6.6,
-its symmetric form 9.7 ms instead of 19.8 (``asv_bench/scripts/step_vs_floor.py`` times the
-whole step).
+pass and each output written once. The writing passes take each factor row as an argument
+of its own (see :func:`_writing`), which lets the compiler vectorise them across rows.
+Measured at d = 1e6, r = 5, one thread, against an in-place scaling of ``[U V]`` (3.1 ms in
+float64, 1.2 ms in float32): the writing pass in place 3.3 ms in float64 and 1.4 ms in
+float32 (5.8 and 5.5 ms while its rows were rows of one 2-D argument; 12.9 ms for the NumPy
+blocks), the ``gbar`` pass 3.5 ms (``asv_bench/scripts/step_vs_floor.py`` times the whole
+step).
 
 Each pass computes what the NumPy blocks compute (same formulas, same inputs); the rounding
 differs (sums run in float64, in order, per block of :data:`SUM_ROWS` rows, then added up;
 products may be contracted into FMAs), within the step's documented accuracy, and equal
-inputs give equal bits wherever they lie in memory. The writing passes may run in place
+inputs give equal bits wherever they lie in memory (a vectorised loop computes each row
+with the operations of its scalar tail: no sum is reassociated). The writing passes may run in place
 (the output is the input factor buffer): a row is read before any of it is written.
 
 Where ``numba`` is not installed, or the rank is above :data:`MAX_RANK`, :func:`ksl_kernels`
@@ -38,6 +40,7 @@ True
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -82,10 +85,6 @@ MAX_SQUARE_RANK = 8
 SEPARATE_WRITE_MAX_RANK = 8
 #: rows per partial sum (float64 accumulators, added up per block)
 SUM_ROWS = 1024
-#: rows that the writing passes run side by side, in vector registers (same bits as one by
-#: one; measured at d = 1e6, r = 5, in place: 5.0 ms instead of 7.0 in float64, 4.4 instead
-#: of 6.0 in float32; the reading passes, whose partial sums chain the rows, gained nothing)
-WRITE_LANES = 4
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,9 @@ class KslKernels:
     rank : int
     project : callable
         ``project(W, g) -> (c1, gg)``: ``c1 = V^T g`` (float64, ``(r,)``), ``gg = |g|^2``.
+    project_both : callable
+        ``project_both(W, g) -> (cw, gg)``: ``cw = [U V]^T g`` (float64, ``(2r,)``),
+        ``gg = |g|^2`` (the two-pass step's only reading pass).
     project_sym : callable or None
         ``project_sym(W, g) -> (c1, gg, C)``, also ``C = U^T V`` (float64 ``(r, r)``);
         ``None`` above :data:`MAX_SQUARE_RANK`.
@@ -110,6 +112,10 @@ class KslKernels:
     write : callable
         ``write(W, W1, p, Vm, Mm, hcol, inv_s)``: ``E = hcol p^T - Mm W`` (2 rows),
         ``W1 = W + Vm E``, ``p *= inv_s``.
+    write_gbar : callable
+        ``write_gbar(W, W1, g, t, inv_root, p, Vm, Mm, hcol, inv_s)``: ``write`` where ``p``
+        does not hold ``gbar`` yet: each row first forms ``p = g inv_root - U t`` (as ``gbar``
+        does, same bits) and the write then reads it.
     write_sym : callable
         ``write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root) -> pp``: as ``write`` with a third
         row of ``E``, ``p = inv_root g + E[2]``, and returns ``pp = |p|^2``.
@@ -117,10 +123,12 @@ class KslKernels:
 
     rank: int
     project: Any
+    project_both: Any
     project_sym: Any
     gbar: Any
     gbar_sym: Any
     write: Any
+    write_gbar: Any
     write_sym: Any
 
 
@@ -137,11 +145,13 @@ def ksl_kernels(r: int) -> KslKernels | None:
     return KslKernels(
         r,
         f["project"],
+        f["project_both"],
         f["project_sym"] if square else None,
         f["gbar"],
         f["gbar_sym"] if square else None,
-        f["write"],
-        f["write_sym"],
+        _writes(f, "write"),
+        _writes(f, "write_gbar"),
+        _writes(f, "write_sym"),
     )
 
 
@@ -155,7 +165,7 @@ class SketchKernels:
     project : callable
         ``project(Ut, g) -> (c, gg)``: ``c = U^T g`` (float64, ``(k,)``), ``gg = |g|^2``.
     write : callable or None
-        ``write(Ut, g, W1, p, wt, negA, cv, inv_sb)``: ``W1 = wt g^T - negA Ut`` (``(keep,
+        ``write(Ut, W1, g, p, wt, negA, cv, inv_sb)``: ``W1 = wt g^T - negA Ut`` (``(keep,
         d)``) and ``p = inv_sb g + W1^T cv``; ``None`` above :data:`MAX_SQUARE_RANK`.
     """
 
@@ -173,7 +183,7 @@ def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
         return None
     square = k <= MAX_SQUARE_RANK
     f = _compiled(f"sketch_k{k}_keep{keep}", _sketch_source(k, keep, SUM_ROWS, square))
-    return SketchKernels(k, keep, f["project"], f["write"] if square else None)
+    return SketchKernels(k, keep, f["project"], _writes(f, "write") if square else None)
 
 
 # --------------------------------------------------------------------------- generated code
@@ -244,41 +254,63 @@ def _sum(terms: list[str]) -> str:
     return " + ".join(terms) if terms else "0.0"
 
 
-def _row_loop(nb: int, sums: list[str], body: list[str], lanes: int = 1) -> list[str]:
+def _row_loop(nb: int, sums: list[str], body: list[str]) -> list[str]:
     """A loop over the rows ``i`` (the locals ``d``, the row count, and the loaded rows are
     the caller's) in blocks of ``nb``: ``body`` adds to the partial sums ``_<name>`` of
-    ``sums`` (float64, zeroed per block), which are then added to the totals ``<name>``.
-
-    With ``lanes > 1`` each iteration runs ``body`` for that many consecutive rows (the rest
-    of a block one by one): its lines are templates in which ``$i`` is the row and ``$s``
-    a suffix that gives each row its own locals, and each line is written out for every row
-    before the next line, so that the rows' loads, arithmetic and stores sit side by side
-    and the compiler packs them into vector instructions (no reassociation: a row's
-    arithmetic is unchanged, and a partial sum still adds the rows in order).
-    """
-
-    def lane(line: str, k: int) -> str:
-        return line.replace("$i", f"i + {k}" if k else "i").replace("$s", f"_{k}" if k else "")
-
-    if lanes == 1:
-        loop = [f"        for i in range(a, min(a + {nb}, d)):"]
-        loop += [f"            {lane(line, 0)}" for line in body]
-    else:
-        loop = [
-            f"        e = min(a + {nb}, d)",
-            f"        m = a + (e - a) // {lanes} * {lanes}",
-            f"        for i in range(a, m, {lanes}):",
-            *[f"            {lane(line, k)}" for line in body for k in range(lanes)],
-            "        for i in range(m, e):",
-            *[f"            {lane(line, 0)}" for line in body],
-        ]
+    ``sums`` (float64, zeroed per block), which are then added to the totals ``<name>``."""
     return [
         *[f"    {name} = 0.0" for name in sums],
         f"    for a in range(0, d, {nb}):",
         *[f"        _{name} = 0.0" for name in sums],
-        *loop,
+        f"        for i in range(a, min(a + {nb}, d)):",
+        *[f"            {line}" for line in body],
         *[f"        {name} += _{name}" for name in sums],
     ]
+
+
+def _writing(
+    name: str, rows: tuple[int, int], params: list[str], setup: list[str], body: list[str],
+    returns: list[str] = (),
+) -> list[list[str]]:  # fmt: skip
+    """A writing pass as two functions, ``name(w0, .., o0, .., *params)`` and
+    ``name_inplace(w0, .., *params)`` in which the output rows ``o<j>`` are the input rows
+    ``w<j>`` (:func:`_writes` picks one).
+
+    ``rows = (inputs, outputs)``; ``body`` is the loop over ``i`` (rows of ``d = len(w0)``),
+    with no sums: each factor row comes as its own argument, so that the compiler can tell
+    the rows apart and vectorise the loop across ``i`` (rows of one 2-D argument share its
+    pointer, and the loop then stays scalar: 6.3 ms instead of 1.5 at d = 1e6, r = 5 in
+    float32). ``body`` loads a row's entries before it writes any, so the in-place form
+    reads nothing it has written; ``returns`` are the lines after the loop.
+    """
+    n_in, n_out = rows
+    ins = [f"w{k}" for k in range(n_in)]
+    outs = [f"o{j}" for j in range(n_out)]
+
+    def function(fname: str, args: list[str], line: Any) -> list[str]:
+        return [
+            f"def {fname}({', '.join([*args, *params])}):",
+            "    d = w0.shape[0]",
+            *[line(x) for x in setup],
+            *[line(x) for x in body],
+            *returns,
+        ]
+
+    def in_place(x: str) -> str:
+        return re.sub(r"\bo(\d+)\[", r"w\1[", x)
+
+    return [function(name, ins + outs, lambda x: x), function(f"{name}_inplace", ins, in_place)]
+
+
+def _writes(f: dict[str, Any], name: str) -> Any:
+    """The writing pass ``name(W, W1, *rest)`` of the compiled functions ``f``: the input and
+    output rows as 2-D arrays, handed on row by row; ``W1 is W`` runs the in-place form."""
+    separate, inplace = f[name], f[f"{name}_inplace"]
+
+    def call(W: Any, W1: Any, *rest: Any) -> Any:
+        return inplace(*W, *rest) if W1 is W else separate(*W, *W1, *rest)
+
+    return call
 
 
 def _array(name: str, shape: tuple[int, ...], values: dict[tuple[int, ...], str]) -> list[str]:
@@ -295,6 +327,7 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
     ``x<k>`` their entries in row ``i``, ``y`` the ``gbar`` entry.
     """
     R, K = range(r), range(2 * r)
+
     start = ["    d = W.shape[1]", *[f"    w{k} = W[{k}]" for k in K]]
     load = [f"x{k} = np.float64(w{k}[i])" for k in K]
     c = {(k,): f"c{k}" for k in R}
@@ -315,24 +348,31 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
     sym_body += [f"_G{b}_{j} += y{b} * y{j}" for b, j in upper]
     gy = {(b, j): f"G{min(b, j)}_{max(b, j)}" for b in R for j in R}
     coefficients = [f"    t{k} = t[{k}]" for k in R]
-    # the writing pass: Vm, Mm are block diagonal (U rows use e0, V rows e1)
+    # the writing passes: Vm, Mm are block diagonal (U rows use e0, V rows e1)
     side = [0 if k < r else 1 for k in K]
-    write_start = [
-        *start,
-        *[f"    o{k} = W1[{k}]" for k in K],
+    write_setup = [
         *[f"    m{k} = Mm[{side[k]}, {k}]" for k in K],
         *[f"    v{k} = Vm[{k}, {side[k]}]" for k in K],
         "    h0 = hcol[0]",
         "    h1 = hcol[1]",
     ]
-    # the writing passes run WRITE_LANES rows side by side ($i, $s: see _row_loop)
-    write_body = [
-        "gb$s = p[$i]",
-        *[f"x{k}$s = w{k}[$i]" for k in K],  # the whole row before any of it is written
-        "e0$s = h0 * gb$s - (" + _sum([f"m{k} * x{k}$s" for k in R]) + ")",
-        "e1$s = h1 * gb$s - (" + _sum([f"m{k} * x{k}$s" for k in range(r, 2 * r)]) + ")",
+    row = [f"        x{k} = w{k}[i]" for k in K]  # the whole row before any of it is written
+    e01 = [
+        "        e0 = h0 * gb - (" + _sum([f"m{k} * x{k}" for k in R]) + ")",
+        "        e1 = h1 * gb - (" + _sum([f"m{k} * x{k}" for k in range(r, 2 * r)]) + ")",
     ]
-    write_out = [f"o{k}[$i] = x{k}$s + v{k} * e{side[k]}$s" for k in K]
+    write_out = [f"        o{k}[i] = x{k} + v{k} * e{side[k]}" for k in K]
+    loop = "    for i in range(d):"
+    sym_sum = [  # |p|^2 of the symmetric direction, in a loop of its own (the sum is serial)
+        "    pp = 0.0",
+        f"    for a in range(0, d, {nb}):",
+        "        _pp = 0.0",
+        f"        for i in range(a, min(a + {nb}, d)):",
+        "            y = np.float64(p[i])",
+        "            _pp += y * y",
+        "        pp += _pp",
+        "    return pp",
+    ]
     return _module(
         [
             "def project(W, g):",
@@ -340,6 +380,17 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
             *_row_loop(nb, [*c.values(), "gg"], [*load[r:], *project_body]),
             *_array("c", (r,), c),
             "    return c, gg",
+        ],
+        [
+            "def project_both(W, g):",
+            *start,
+            *_row_loop(
+                nb,
+                [*av.values(), "gg"],
+                [*load, *project_body[:2], *[f"_a{k} += x{k} * gi" for k in K]],
+            ),
+            *_array("av", (2 * r,), av),
+            "    return av, gg",
         ],
         [
             "def project_sym(W, g):",
@@ -376,31 +427,43 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
             *_array("yg", (r,), {(b,): f"q{b}" for b in R}),
             "    return av, n, GY, yg",
         ],
-        [
-            "def write(W, W1, p, Vm, Mm, hcol, inv_s):",
-            *write_start,
-            *_row_loop(nb, [], [*write_body, *write_out, "p[$i] = gb$s * inv_s"], WRITE_LANES),
-        ],
-        [
-            "def write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root):",
-            *write_start,
-            *[f"    z{k} = Mm[2, {k}]" for k in K],
-            "    h2 = hcol[2]",
-            *_row_loop(
-                nb,
-                ["pp"],
-                [
-                    *write_body,
-                    "e2$s = h2 * gb$s - (" + _sum([f"z{k} * x{k}$s" for k in K]) + ")",
-                    *write_out,
-                    "p[$i] = inv_root * g[$i] + e2$s",
-                    "y$s = np.float64(p[$i])",
-                    "_pp += y$s * y$s",
-                ],
-                WRITE_LANES,
-            ),
-            "    return pp",
-        ],
+        *_writing(
+            "write",
+            (2 * r, 2 * r),
+            ["p", "Vm", "Mm", "hcol", "inv_s"],
+            write_setup,
+            [loop, *row, "        gb = p[i]", *e01, *write_out, "        p[i] = gb * inv_s"],
+        ),
+        *_writing(
+            "write_gbar",
+            (2 * r, 2 * r),
+            ["g", "t", "inv_root", "p", "Vm", "Mm", "hcol", "inv_s"],
+            [*write_setup, *coefficients],
+            [
+                loop,
+                *row,
+                "        gb = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
+                *e01,
+                *write_out,
+                "        p[i] = gb * inv_s",
+            ],
+        ),
+        *_writing(
+            "write_sym",
+            (2 * r, 2 * r),
+            ["p", "g", "Vm", "Mm", "hcol", "inv_root"],
+            [*write_setup, *[f"    z{k} = Mm[2, {k}]" for k in K], "    h2 = hcol[2]"],
+            [
+                loop,
+                *row,
+                "        gb = p[i]",
+                *e01,
+                "        e2 = h2 * gb - (" + _sum([f"z{k} * x{k}" for k in K]) + ")",
+                *write_out,
+                "        p[i] = inv_root * g[i] + e2",
+            ],
+            sym_sum,
+        ),
         omit=() if square else ("project_sym", "gbar_sym"),
     )
 
@@ -427,29 +490,25 @@ def _sketch_source(k: int, keep: int, nb: int, square: bool = True) -> str:
             *_array("c", (k,), c),
             "    return c, gg",
         ],
-        [
-            "def write(Ut, g, W1, p, wt, negA, cv, inv_sb):",
-            *start,
-            *[f"    o{j} = W1[{j}]" for j in J],
-            *[f"    w{j} = wt[{j}]" for j in J],
-            *[f"    cv{j} = cv[{j}]" for j in J],
-            *[f"    A{j}_{m} = negA[{j}, {m}]" for j in J for m in M],
-            *_row_loop(
-                nb,
-                [],
-                [
-                    "gi$s = g[$i]",
-                    *[f"x{m}$s = u{m}[$i]" for m in M],  # the whole row before any is written
-                    *[
-                        f"o{j}[$i] = w{j} * gi$s - ("
-                        + _sum([f"A{j}_{m} * x{m}$s" for m in M])
-                        + ")"
-                        for j in J
-                    ],
-                    "p[$i] = inv_sb * gi$s + (" + _sum([f"cv{j} * o{j}[$i]" for j in J]) + ")",
+        *_writing(
+            "write",
+            (k, keep),
+            ["g", "p", "wt", "negA", "cv", "inv_sb"],
+            [
+                *[f"    s{j} = wt[{j}]" for j in J],
+                *[f"    cv{j} = cv[{j}]" for j in J],
+                *[f"    A{j}_{m} = negA[{j}, {m}]" for j in J for m in M],
+            ],
+            [
+                "    for i in range(d):",
+                "        gi = g[i]",
+                *[f"        x{m} = w{m}[i]" for m in M],  # the whole row before any is written
+                *[
+                    f"        o{j}[i] = s{j} * gi - (" + _sum([f"A{j}_{m} * x{m}" for m in M]) + ")"
+                    for j in J
                 ],
-                WRITE_LANES,
-            ),
-        ],
-        omit=() if square else ("write",),
+                "        p[i] = inv_sb * gi + (" + _sum([f"cv{j} * o{j}[i]" for j in J]) + ")",
+            ],
+        ),
+        omit=() if square else ("write", "write_inplace"),
     )

@@ -1,4 +1,4 @@
-"""One truncated AdaGram step with the KSL integrator in three row-blocked passes.
+"""One truncated AdaGram step with the KSL integrator in three (or two) row-blocked passes.
 
 :func:`try_ksl_adagram_step` fuses :func:`~lowrank_precond.linalg.rank_one_increment` and
 :func:`~lowrank_precond.linalg.projector_splitting` (Lie--Trotter) for the rank-one increment
@@ -18,6 +18,19 @@ and the direction agree to rounding), fewer passes over ``d``:
 
 Against the floor (read and write ``U`` and ``V`` once) that is two extra reads of ``V``, one
 of ``U``, and a few ``d``-vectors.
+
+**Two passes** (``two_pass=True``, published direction, ``C = U^T V`` known). Pass 2 is only
+needed for ``a1``, ``vg`` and ``n``, and with orthonormal ``U, V`` they follow from pass 1
+when it also reads ``U``: ``a1 = U^T g / sqrt(eps) - t``, ``vg = V^T g / sqrt(eps) - C^T t``,
+``n = |g|^2 / eps - 2 t^T U^T g / sqrt(eps) + |t|^2`` (``t = S c1 / sqrt(eps)``). The writing
+pass then forms ``gbar`` row by row itself. The closed form of ``n`` cancels where ``gbar``
+is much shorter than ``g / sqrt(eps)`` (``g`` nearly in the span that the factor already
+flattens: repeated or low-dimensional gradients), so it is used only where ``n >= EXTEND_MIN
+|g|^2 / eps`` and both extensions are implicit (``h^2 >= EXTEND_MIN n``): its error is then
+``~u / EXTEND_MIN`` relative to ``n``. Elsewhere pass 2 runs after all (one more read of
+``U``, ``V``, ``g``); ``adagram`` asks for two passes only where the previous step's ratio
+``eps |gbar|^2 / |g|^2`` was at least :data:`EXTEND_MIN`. ``C`` is carried as for the
+symmetric direction (below). That is one extra read of ``U`` against the floor.
 
 **The symmetric direction** ``G^{-1/2} g`` (:ref:`theory-adagram-directions`) rides on the
 same passes: pass 2 forms ``Y = V - U C`` (``C = U^T V``) block by block for the principal
@@ -160,9 +173,10 @@ class StreamedStep:
     cgs2 : tuple of bool
         Whether the ``U`` / ``V`` side needed the explicit re-orthogonalisation pass.
     C : array, shape (r, r), or None
-        ``U1^T V1`` of the new factors (symmetric direction; ``None`` for the published one),
-        from the step's small matrices: pass it as ``C`` to the next step, which then skips
-        measuring it.
+        ``U1^T V1`` of the new factors, from the step's small matrices, where the step knew
+        or measured ``U^T V`` (the symmetric direction, ``two_pass``; ``None`` otherwise, and
+        after a re-orthogonalisation pass): pass it as ``C`` to the next step, which then
+        skips measuring it.
     """
 
     lowrank: LowRank
@@ -254,8 +268,9 @@ def try_ksl_adagram_step(
     accept: Callable[[float, float], bool] | None = None,
     shards: Shards | None = None,
     C: Any = None,
+    two_pass: bool = False,
 ) -> StreamedStep | Declined:
-    """Fused AdaGram increment + KSL Lie--Trotter step in three passes, or why not.
+    """Fused AdaGram increment + KSL Lie--Trotter step in three passes (or two), or why not.
 
     Equivalent to ``info = rank_one_increment(lowrank, g, eps)`` followed by
     ``projector_splitting(lowrank, info.x, info.y)`` (same ``U1 S1 V1^T`` to rounding) and
@@ -302,8 +317,16 @@ def try_ksl_adagram_step(
         ``U^T V`` of the input factors, as the previous step returned it
         (:attr:`StreamedStep.C`); used by the symmetric direction, which otherwise measures
         it in pass 1 (a read of ``U`` and ``r^2`` products per row: about a quarter of the
-        symmetric step at d = 1e6, r = 5). Refresh steps measure it anyway, so its rounding
-        (``O(u)`` per step, as the factors' orthonormality) does not accumulate.
+        symmetric step at d = 1e6, r = 5), and by ``two_pass``. Refresh steps measure it
+        anyway, so its rounding (``O(u)`` per step, as the factors' orthonormality) does not
+        accumulate.
+    two_pass : bool, keyword-only
+        Published direction: with ``C`` known (not on refresh steps), pass 1 also reads ``U``
+        and the step skips pass 2 where ``gbar``'s norm and projections follow accurately in
+        closed form (no cancellation: ``|gbar|^2 >= EXTEND_MIN |g|^2 / eps``; otherwise pass
+        2 runs as usual); without ``C``, pass 1 measures it so that the next step can. Set it
+        where that is the expected case (``adagram`` does where the previous step's
+        ``eps |gbar|^2 / |g|^2`` was at least :data:`EXTEND_MIN`). Default ``False``.
 
     Returns
     -------
@@ -370,10 +393,11 @@ def try_ksl_adagram_step(
         # |g|^2 or |gbar|^2 may overflow (huge g, tiny eps): the step then declines and the
         # general path handles it with scaled norms, so NumPy's overflow warning is noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        Ch = None if C is None or direction != "symmetric" else kernels.host(C)
+        Ch = None if C is None else kernels.host(C)
         res = _host_step(
-            kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept, shards, Ch
-        )
+            kernels.ops, host, eps, refresh, direction, alloc, overwrite, accept, shards, Ch,
+            two_pass,
+        )  # fmt: skip
     if isinstance(res, Declined):
         return res
     return _from_host(kernels, res, lowrank)
@@ -500,12 +524,13 @@ class _Passes:
 def _host_step(
     ops: Any, host: tuple[Any, ...], eps: float, refresh: bool, direction: str, alloc: Any,
     overwrite: bool = False, accept: Any = None, shards: Shards | None = None, C: Any = None,
+    two_pass: bool = False,
 ) -> _HostStep | Declined:  # fmt: skip
     """The whole step on the host arrays ``(U, S, V, g)``: passes 1 and 2, the small
-    algebra, pass 3. ``C``: ``U^T V`` if known (symmetric direction)."""
+    algebra, pass 3. ``C``: ``U^T V`` if known; ``two_pass``: see :func:`_reduce`."""
     U, S, V, g = host
     P = _Passes(ops, U, V, g, eps, shards)
-    red = _reduce(P, S, direction == "symmetric", refresh, alloc, C)
+    red = _reduce(P, S, direction == "symmetric", refresh, alloc, C, two_pass)
     if isinstance(red, Declined):
         return red
     xp, r, n = P.xp, P.r, red.n
@@ -515,7 +540,7 @@ def _host_step(
     Sc, a1c, vgc = red.Sc, red.a1c, red.vgc
     Ru = Rv = None
     if refresh:
-        limit = SYMMETRIC_DRIFT_LIMIT if red.C is not None else DRIFT_LIMIT
+        limit = SYMMETRIC_DRIFT_LIMIT if direction == "symmetric" else DRIFT_LIMIT
         folded = _fold_refresh(P, red.G, Sc, a1c, vgc, limit)
         if isinstance(folded, Declined):
             return folded
@@ -528,7 +553,7 @@ def _host_step(
             return Declined("geometry", reason)
         H, A1 = _pass_reorthogonalise(P, sides, red.p, n, nu)
     sym = None
-    if red.C is not None:
+    if direction == "symmetric":
         sym = _symmetric_from(P, red, sides[0], bcoef)
         if sym is None:
             reason = (
@@ -539,7 +564,7 @@ def _host_step(
     S1, gauges = _ksl_core(xp, sides, Sc, bcoef, r)
     if not _finite(xp, S1, gauges, sym, [sd.h for sd in sides]):
         return Declined("geometry", "the step's small matrices are not finite")
-    out = _Outputs(red.p, 1.0 / s, sym)
+    out = _Outputs(red.p, 1.0 / s, sym, red.t)
     if accept is not None and not accept(red.gg, nu):
         return Declined("caller", "the caller's check of |g|^2 and |gbar| refused the step")
     W1, pp, Tw = _pass_write(P, sides, gauges, (Ru, Rv), H, A1, out, alloc, overwrite)
@@ -607,7 +632,9 @@ def _finite(xp: Any, *parts: Any) -> bool:
 
 @dataclass(frozen=True)
 class _Reduced:
-    """What passes 1 and 2 leave (core dtype where small): ``p`` holds ``gbar``."""
+    """What passes 1 and 2 leave (core dtype where small): ``p`` holds ``gbar``, or, where
+    pass 2 was skipped, nothing yet (``t`` is set: the writing pass forms ``gbar = g /
+    sqrt(eps) - U t`` into it)."""
 
     Sc: Any
     c1c: Any
@@ -620,32 +647,80 @@ class _Reduced:
     C: Any
     GY: Any
     yg: Any
+    t: Any = None
 
 
 def _reduce(
-    P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any, C_known: Any = None
-) -> _Reduced | Declined:
-    """Passes 1 and 2 and the checks of what they found (``C_known``: ``U^T V`` if known,
-    else measured in pass 1 for the symmetric direction; refresh steps always measure it)."""
+    P: _Passes, S: Any, symmetric: bool, refresh: bool, alloc: Any, C_known: Any = None,
+    two_pass: bool = False,
+) -> _Reduced | Declined:  # fmt: skip
+    """Passes 1 and 2 and the checks of what they found.
+
+    ``C_known``: ``U^T V`` if known. Pass 1 measures it where the step has a use for it (the
+    symmetric direction, or ``two_pass``) and does not know it, and on refresh steps. With
+    ``two_pass`` and a known ``C`` (not on refresh steps) pass 1 reads ``U`` too and pass 2 is
+    skipped where the closed forms are accurate (see :func:`_closed_form`): the writing pass
+    then forms ``gbar`` itself (``_Reduced.t``)."""
     xp, cdt, r = P.xp, P.cdt, P.r
     Sc = xp.astype(S, cdt)
-    measure = symmetric and (C_known is None or refresh)
-    c1, gg, C = P.reduce(*_pass_project(P, measure))
-    if symmetric and not measure:
-        C = C_known if C_known.dtype == P.dt else xp.astype(C_known, P.dt)
+    closed = two_pass and not symmetric and not refresh and C_known is not None
+    measure = (symmetric or two_pass) and (C_known is None or refresh)
+    if closed:
+        cw, gg = P.reduce(*_pass_project_both(P))
+        c1, C = cw[r:], C_known
+    else:
+        c1, gg, C = P.reduce(*_pass_project(P, measure))
+    if C is None and C_known is not None:
+        C = C_known
+    if C is not None and C.dtype != P.dt:
+        C = xp.astype(C, P.dt)
     c1c = xp.astype(c1, cdt)
     if not math.isfinite(float(xp.sum(c1c))):
         return Declined("gradient", "V^T g is not finite")
     t = xp.astype((Sc @ c1c) * P.inv_root, P.dt)
     p = alloc((P.d,))
-    av, n, G, GY, yg = P.reduce(*_pass_gbar(P, t, p, C, refresh))
     lo, hi = _safe_range(xp, P.dt)
+    if closed:
+        found = _closed_form(P, xp.astype(cw[:r], cdt), c1c, gg, t, C, (lo, hi))
+        if found is not None:
+            n, a1c, vgc = found
+            return _Reduced(Sc, c1c, gg, p, n, a1c, vgc, None, C, None, None, t)
+    av, n, G, GY, yg = P.reduce(*_pass_gbar(P, t, p, C if symmetric else None, refresh))
     if not (lo < n < hi):
         return Declined("gradient", f"|gbar|^2 = {n:.3g} is zero, non-finite or out of range")
     a1c, vgc = xp.astype(av[:r], cdt), xp.astype(av[r:], cdt)
     if not math.isfinite(float(xp.sum(a1c) + xp.sum(vgc))):
         return Declined("gradient", "[U V]^T gbar is not finite")
     return _Reduced(Sc, c1c, gg, p, n, a1c, vgc, G, C, GY, yg)
+
+
+def _closed_form(
+    P: _Passes, ug: Any, c1: Any, gg: float, t: Any, C: Any, safe: tuple[float, float]
+) -> tuple[float, Any, Any] | None:
+    """``(n, a1, vg)`` of ``gbar = g / sqrt(eps) - U t`` from pass 1's ``U^T g``, ``V^T g`` and
+    ``|g|^2`` (core dtype), with no pass over ``d``; ``None`` where they would not be accurate.
+
+    With orthonormal ``U, V`` and ``C = U^T V``: ``a1 = U^T g / sqrt(eps) - t``, ``vg = V^T g
+    / sqrt(eps) - C^T t`` and ``n = |g|^2 / eps - 2 t^T U^T g / sqrt(eps) + |t|^2``. Each
+    term is at most ``|g|^2 / eps``, so their rounding (and the factors' drift from
+    orthonormality) errs by ``~u |g|^2 / eps``: relative to ``n`` at most ``u / EXTEND_MIN``
+    where ``n >= EXTEND_MIN |g|^2 / eps`` (no cancellation) and both extensions keep
+    ``h^2 >= EXTEND_MIN n`` (so the step needs no re-orthogonalisation pass, which reads
+    ``gbar``). Otherwise pass 2 measures them.
+    """
+    xp, cdt = P.xp, P.cdt
+    tc = xp.astype(t, cdt)
+    inv = P.inv_root
+    gs = gg * inv * inv
+    n = gs - 2.0 * inv * float(tc @ ug) + float(tc @ tc)
+    a1 = ug * inv - tc
+    vg = c1 * inv - xp.astype(C, cdt).T @ tc
+    lo, hi = safe
+    if not (lo < n < hi and math.isfinite(gs) and n >= EXTEND_MIN * gs):
+        return None
+    if not all(n - float(x @ x) >= EXTEND_MIN * n for x in (a1, vg)):
+        return None
+    return n, a1, vg
 
 
 def _symmetric_from(P: _Passes, red: _Reduced, us: _Side, bcoef: float) -> Any:
@@ -663,12 +738,12 @@ def _symmetric_from(P: _Passes, red: _Reduced, us: _Side, bcoef: float) -> Any:
     )  # fmt: skip
 
 
-def _pass_project(P: _Passes, symmetric: bool) -> tuple[Any, float, Any]:
-    """Pass 1: ``c1 = V^T g``, ``|g|^2`` (and ``C = U^T V`` for the symmetric direction)."""
-    if P.jit is not None and symmetric and P.jit.project_sym is not None:
+def _pass_project(P: _Passes, measure_C: bool) -> tuple[Any, float, Any]:
+    """Pass 1: ``c1 = V^T g``, ``|g|^2`` (and, with ``measure_C``, ``C = U^T V``)."""
+    if P.jit is not None and measure_C and P.jit.project_sym is not None:
         c1, gg, C = P.jit.project_sym(P.W, P.g)
         return P.xp.astype(c1, P.dt), gg, P.xp.astype(C, P.dt)
-    if P.jit is not None and not symmetric:
+    if P.jit is not None and not measure_C:
         c1, gg = P.jit.project(P.W, P.g)
         return P.xp.astype(c1, P.dt), gg, None
     c1 = P.zeros(P.r)
@@ -679,10 +754,24 @@ def _pass_project(P: _Passes, symmetric: bool) -> tuple[Any, float, Any]:
         Vb = P.Vt[:, a:b]
         c1 = c1 + Vb @ gb
         gg += float(gb @ gb)
-        if symmetric:
+        if measure_C:
             Ub = P.Ut[:, a:b]
             C = Ub @ Vb.T if C is None else C + Ub @ Vb.T
     return c1, gg, C
+
+
+def _pass_project_both(P: _Passes) -> tuple[Any, float]:
+    """Pass 1 of the two-pass step: ``[U V]^T g`` and ``|g|^2``."""
+    if P.jit is not None:
+        cw, gg = P.jit.project_both(P.W, P.g)
+        return P.xp.astype(cw, P.dt), gg
+    cw = P.zeros(2 * P.r)
+    gg = 0.0
+    for a, b in P.blocks:
+        gb = P.gblock(a, b)
+        cw = cw + P.W[:, a:b] @ gb
+        gg += float(gb @ gb)
+    return cw, gg
 
 
 def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, ...]:
@@ -714,7 +803,7 @@ def _pass_gbar(P: _Passes, t: Any, p: Any, C: Any, refresh: bool) -> tuple[Any, 
     Ut_b = ops.empty((P.blocks[0][1] - P.blocks[0][0],), dt)  # U_b t
     for a, b in P.blocks:
         Ub, Vb = P.Ut[:, a:b], P.Vt[:, a:b]
-        ops.residual_into(p, (slice(a, b),), P.inv_root, P.gblock(a, b), t, Ub, Ut_b[: b - a])
+        _gbar_into(P, p, t, a, b, Ut_b)
         gb = p[a:b]
         av = av + P.W[:, a:b] @ gb
         n += float(gb @ gb)
@@ -853,11 +942,14 @@ def _outer(a: Any, b: Any) -> Any:
 @dataclass(frozen=True)
 class _Outputs:
     """The direction that pass 3 finishes in ``p`` (which holds ``gbar``): ``gbar * inv_s``
-    (published) or, with ``sym = (alpha, coef_g)``, the symmetric one."""
+    (published) or, with ``sym = (alpha, coef_g)``, the symmetric one. With ``t`` (the
+    published direction of the two-pass step) ``p`` does not hold ``gbar`` yet: pass 3 forms
+    ``gbar = g / sqrt(eps) - U t`` there, block by block, before it reads it."""
 
     p: Any
     inv_s: float
     sym: Any
+    t: Any = None
 
 
 def _pass_write(
@@ -893,12 +985,20 @@ def _pass_write(
     if P.jit is not None and compiled and H is None and Bm is None:
         if fused:
             return W1, P.jit.write_sym(P.W, W1, out.p, P.g, Vm, Mm, hcol, P.inv_root), Tw
+        if out.sym is None and out.t is not None:
+            # in the factor dtype: float32 arithmetic stays float32 (and vectorised)
+            inv_root = P.dt.type(P.inv_root)
+            P.jit.write_gbar(P.W, W1, P.g, out.t, inv_root, out.p, Vm, Mm, hcol, out.inv_s)
+            return W1, math.nan, Tw
         if out.sym is None:
             P.jit.write(P.W, W1, out.p, Vm, Mm, hcol, out.inv_s)
             return W1, math.nan, Tw
     E = P.scratch(3 if fused else 2) if H is None else H
+    Ut_b = None if out.t is None else P.ops.empty((P.wblocks[0][1] - P.wblocks[0][0],), P.dt)
     pp = 0.0
     for a, b in P.wblocks:
+        if out.t is not None:  # gbar of the block, as pass 2 would have written it
+            _gbar_into(P, out.p, out.t, a, b, Ut_b)
         # the unfused symmetric direction reads [U V]: before the block is written (in place)
         unfused = out.sym is not None and not fused
         before = (lambda a=a, b=b: _symmetric_into(P, out.p, a, b, out.sym)) if unfused else None
@@ -911,6 +1011,12 @@ def _pass_write(
         pb = out.p[a:b]
         pp += float(pb @ pb)
     return W1, (pp if out.sym is not None else math.nan), Tw
+
+
+def _gbar_into(P: _Passes, p: Any, t: Any, a: int, b: int, scratch: Any) -> None:
+    """``p[a:b] = g[a:b] / sqrt(eps) - U[a:b] t`` (``scratch``: at least ``b - a`` entries)."""
+    Ub = P.Ut[:, a:b]
+    P.ops.residual_into(p, (slice(a, b),), P.inv_root, P.gblock(a, b), t, Ub, scratch[: b - a])
 
 
 def _write_matrix(P: _Passes, Vm: Any, Mm: Any, h: Any, Bm: Any) -> Any:
@@ -930,6 +1036,8 @@ def _write_matrix(P: _Passes, Vm: Any, Mm: Any, h: Any, Bm: Any) -> Any:
 def _direction_only(P: _Passes, out: _Outputs) -> float:
     """The direction when neither basis changes (no factor is written); ``|p|^2`` of the
     symmetric direction (``nan`` for the published one)."""
+    if out.t is not None:
+        _gbar_into(P, out.p, out.t, 0, P.d, P.ops.empty((P.d,), P.dt))
     if out.sym is None:
         P.ops.scale_into(out.p, (slice(0, P.d),), out.inv_s)
         return math.nan

@@ -440,7 +440,7 @@ def _pass_write(
     W1 = P.Ut if overwrite and keep == P.k else alloc((keep, P.d))
     jit = numba_kernels.sketch_kernels(P.k, keep) if P.compiled and c2 is None else None
     if jit is not None and jit.write is not None:  # compiled up to MAX_SQUARE_RANK
-        jit.write(P.Ut, P.g, W1, p, core.wt, core.negA, core.cv, core.inv_sb)
+        jit.write(P.Ut, W1, P.g, p, core.wt, core.negA, core.cv, core.inv_sb)
         return W1, p
     rows0 = P.wblocks[0][1] - P.wblocks[0][0]
     T = ops.empty((keep, rows0), P.dt)  # A U_b, before W1_b

@@ -51,6 +51,7 @@ from lowrank_precond.linalg.integrator_types import (
 )
 from lowrank_precond.linalg.lowrank import Factored, LowRank
 from lowrank_precond.linalg.streaming import (
+    EXTEND_MIN,
     REFRESH_EVERY,
     ksl_adagram_available,
     try_ksl_adagram_step,
@@ -130,8 +131,8 @@ class AdaGramState:
         kernel leaves to the reference path).
 
     C : array, shape (r, r) or (0, 0)
-        ``U^T V``, kept by the fused step of the symmetric direction for the next one (which
-        then does not measure it; re-measured every
+        ``U^T V``, kept by the fused step for the next one (the symmetric direction then
+        does not measure it, the published one skips a pass; re-measured every
         :data:`~lowrank_precond.linalg.streaming.REFRESH_EVERY` steps); empty after any
         other step (``None`` in checkpoints written before it existed).
 
@@ -354,7 +355,10 @@ def _fused(
         overwrite=overwrite,
         accept=accept,
         shards=shards,
-        C=_known_C(state) if direction == "symmetric" else None,
+        C=_known_C(state),
+        # two passes where the last step's gbar did not cancel (the usual case: g mostly
+        # outside span U, V); where it did, three passes (and no C to carry) are cheaper
+        two_pass=state.last_ratio >= EXTEND_MIN,
     )
     if isinstance(res, Declined):
         return res

@@ -1,8 +1,9 @@
 """The generated numba passes themselves (lowrank_precond.backends.numba_kernels).
 
 The streamed-step tests run every pass against the NumPy blocks and the dense references;
-these check properties of the generated code: running rows side by side gives the bits of
-running them one by one, whatever the tail of a block.
+these check properties of the generated code: the writing passes give the same bits in
+place or into a new buffer, wherever the arrays lie and whichever rows the vectorised loop
+leaves to its scalar tail.
 """
 
 import numpy as np
@@ -15,48 +16,73 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _both(monkeypatch, name, make_source):
-    """The functions compiled from ``make_source()`` with rows one by one and side by side."""
+def _ksl_writes(f, W, W1, p, g, coefs):
+    """Run the three KSL writing passes of ``f`` (a ``KslKernels``) from ``W``, ``p`` into
+    ``W1`` (``W1 is W``: in place) and fresh copies of ``p``; their outputs."""
+    Vm, Mm, h, t = coefs
     out = []
-    for lanes in (1, numba_kernels.WRITE_LANES):
-        monkeypatch.setattr(numba_kernels, "WRITE_LANES", lanes)
-        out.append(numba_kernels._compiled(f"test_{name}_lanes{lanes}", make_source()))
+    for name in ("write", "write_gbar", "write_sym"):
+        dst, q = (W.copy(), p.copy()) if W1 is W else (np.empty_like(W), p.copy())
+        src = dst if W1 is W else W
+        if name == "write":
+            f.write(src, dst, q, Vm, Mm[:2], h[:2], 0.7)
+        elif name == "write_gbar":
+            f.write_gbar(src, dst, g, t, W.dtype.type(0.3), q, Vm, Mm[:2], h[:2], 0.7)
+        else:
+            out.append(f.write_sym(src, dst, q, g, Vm, Mm, h, 0.3))
+        out += [dst, q]
     return out
 
 
+def _offset(a, shift):
+    """A copy of ``a`` that starts ``shift`` entries into a larger buffer."""
+    buf = np.empty(a.size + shift, a.dtype)
+    view = buf[shift:].reshape(a.shape)
+    view[...] = a
+    return view
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("tail", [1, 2, 3])
-def test_writing_passes_side_by_side_give_the_same_bits(rng, monkeypatch, dtype, tail):
-    assert numba_kernels.WRITE_LANES > 1
-    r, d = 3, 2 * numba_kernels.SUM_ROWS + 4 * 5 + tail  # several blocks, a ragged tail
-    one, lanes = _both(monkeypatch, "ksl", lambda: numba_kernels._ksl_source(r, 64))
+@pytest.mark.parametrize("tail", [1, 3, 7])
+def test_writing_passes_give_the_same_bits_in_place_anywhere_and_in_any_tail(rng, dtype, tail):
+    """The writing passes are vectorised across rows: the in-place and separate forms, a
+    copy elsewhere in memory, and a row in the vector body or in the scalar tail (the same
+    rows with fewer after them) all give the same bits."""
+    r = 3
+    d = 2 * numba_kernels.SUM_ROWS + 64 + tail
+    f = numba_kernels.ksl_kernels(r)
     W = rng.standard_normal((2 * r, d)).astype(dtype)
-    g, p0 = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
-    Vm = rng.standard_normal((2 * r, 2)).astype(dtype)
-    Mm = rng.standard_normal((3, 2 * r)).astype(dtype)
-    h = rng.standard_normal(3).astype(dtype)
-    results = []
-    for f in (one, lanes):
-        W1, p = np.empty_like(W), p0.copy()
-        f["write"](W, W1, p, Vm, Mm[:2], h[:2], 0.7)
-        Ws, ps = W.copy(), p0.copy()  # in place, symmetric form
-        pp = f["write_sym"](Ws, Ws, ps, g, Vm, Mm, h, 0.3)
-        results.append((W1, p, Ws, ps, pp))
-    for a, b in zip(*results, strict=True):
-        assert np.array_equal(a, b)
+    g, p = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    coefs = (
+        rng.standard_normal((2 * r, 2)).astype(dtype),
+        rng.standard_normal((3, 2 * r)).astype(dtype),
+        rng.standard_normal(3).astype(dtype),
+        rng.standard_normal(r).astype(dtype),
+    )
+    separate = _ksl_writes(f, W, None, p, g, coefs)
+    in_place = _ksl_writes(f, W, W, p, g, coefs)
+    moved = _ksl_writes(f, _offset(W, 1), _offset(W, 1), _offset(p, 3), _offset(g, 5), coefs)
+    for a, b, c in zip(separate, in_place, moved, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    n = d - 2 * tail  # the last rows of this shorter run are in its scalar tail
+    short = _ksl_writes(f, W[:, :n].copy(), W, p[:n].copy(), g[:n].copy(), coefs)
+    for a, b in zip(in_place, short, strict=True):
+        if np.ndim(a) == 0:  # |p|^2 of the symmetric pass: over other rows
+            continue
+        np.testing.assert_array_equal(a[..., :n], b)
 
     k = 3
-    one, lanes = _both(monkeypatch, "sketch", lambda: numba_kernels._sketch_source(k, k, 64))
+    sk = numba_kernels.sketch_kernels(k, k)
     Ut = rng.standard_normal((k, d)).astype(dtype)
     args = (rng.standard_normal(k), rng.standard_normal((k, k)), rng.standard_normal(k))
     args = tuple(a.astype(dtype) for a in args)
-    outs = []
-    for f in (one, lanes):
-        U1, p = Ut.copy(), np.empty(d, dtype)
-        f["write"](U1, g, U1, p, *args, 0.5)  # in place
-        outs.append((U1, p))
-    for a, b in zip(*outs, strict=True):
-        assert np.array_equal(a, b)
+    U1, q1 = np.empty_like(Ut), np.empty(d, dtype)
+    sk.write(Ut, U1, g, q1, *args, 0.5)
+    U2, q2 = Ut.copy(), np.empty(d, dtype)
+    sk.write(U2, U2, g, q2, *args, 0.5)  # in place
+    np.testing.assert_array_equal(U1, U2)
+    np.testing.assert_array_equal(q1, q2)
 
 
 def test_rank_squared_passes_stop_at_max_square_rank():
