@@ -79,9 +79,11 @@ MAX_RANK = 32
 #: calls anyway (the sketch's write at k = 20: 82 ms compiled, 27 ms for its BLAS products)
 MAX_SQUARE_RANK = 8
 #: the largest rank whose writing pass runs compiled into a separate output buffer. Above it
-#: the pass's ``4 r`` row streams (``2 r`` read and ``2 r`` written, ``d`` entries apart) thrash
-#: the cache sets: measured at d = 1e6, r = 20, 271 ms into a new buffer against 30 ms in
-#: place and about 60 ms for the NumPy blocks. In place (``W1`` is ``W``) it runs at every rank
+#: the pass's ``4 r`` row streams (``2 r`` read and ``2 r`` written, ``d`` entries apart) leave
+#: it little ahead of the NumPy blocks: measured at d = 1e6, r = 20, float64, it took 67 ms
+#: into a new buffer against 52 ms in place, and the whole NumPy ``update`` 108 ms with it
+#: against 115 ms with the NumPy blocks (271 ms while the rows were one 2-D argument; larger
+#: ranks were not measured). In place (``W1`` is ``W``) it runs at every rank
 SEPARATE_WRITE_MAX_RANK = 8
 #: rows per partial sum (float64 accumulators, added up per block)
 SUM_ROWS = 1024
