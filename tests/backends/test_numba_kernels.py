@@ -93,3 +93,20 @@ def test_rank_squared_passes_stop_at_max_square_rank():
     assert above.gbar is not None and above.write_sym is not None
     assert numba_kernels.sketch_kernels(r + 1, r + 1).write is None
     assert numba_kernels.ksl_kernels(numba_kernels.MAX_RANK + 1) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("first", [0, 7, 13])
+def test_projection_in_row_groups_gives_the_bits_of_one_pass(rng, dtype, first):
+    """More rows than READ_GROUP are summed in groups: each row's sum is that of one pass
+    over all rows (the same partial sums in the same order), from any first row."""
+    n = 2 * numba_kernels.READ_GROUP + 3
+    d = 2 * numba_kernels.SUM_ROWS + 5
+    W = rng.standard_normal((n, d)).astype(dtype)
+    g = rng.standard_normal(d).astype(dtype)
+    c, gg = numba_kernels._projection(n)(W, g, first=first)
+    c_one, gg_one = numba_kernels._rows_projection(n - first)(W[first:], g)
+    assert c.shape == (n - first,) and c.dtype == np.float64
+    np.testing.assert_array_equal(c, c_one)
+    assert gg == gg_one
+    np.testing.assert_allclose(c, W[first:].astype(np.float64) @ g.astype(np.float64), rtol=1e-10)
