@@ -125,8 +125,9 @@ class KslKernels:
         ``W1 = W + Vm E``, ``p *= inv_s``.
     write_gbar : callable
         ``write_gbar(W, W1, g, t, inv_root, p, Vm, Mm, hcol, inv_s)``: ``write`` where ``p``
-        does not hold ``gbar`` yet: each row first forms ``p = g inv_root - U t`` (as ``gbar``
-        does, same bits) and the write then reads it.
+        does not hold ``gbar`` yet: each row forms its ``gbar = g inv_root - U t`` itself, in
+        the arithmetic of ``inv_root``'s type (the caller passes the factor dtype: float32
+        stays float32, unlike ``gbar``, which sums in float64 and rounds).
     write_sym : callable
         ``write_sym(W, W1, p, g, Vm, Mm, hcol, inv_root) -> pp``: as ``write`` with a third
         row of ``E``, ``p = inv_root g + E[2]``, and returns ``pp = |p|^2``.
@@ -193,9 +194,10 @@ def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
     ``numba``, or ``k > MAX_RANK``). Compilation is lazy."""
     if not AVAILABLE or not 1 <= k <= MAX_RANK or not 1 <= keep <= k + 1:
         return None
-    square = k <= MAX_SQUARE_RANK
-    f = _compiled(f"sketch_k{k}_keep{keep}", _sketch_source(k, keep, SUM_ROWS, square))
-    return SketchKernels(k, keep, _projection(k), _writes(f, "write") if square else None)
+    write = None
+    if k <= MAX_SQUARE_RANK:
+        write = _writes(_compiled(f"sketch_k{k}_keep{keep}", _sketch_source(k, keep)), "write")
+    return SketchKernels(k, keep, _projection(k), write)
 
 
 def _projection(n: int) -> Any:
@@ -324,9 +326,9 @@ def _writing(
     name: str, rows: tuple[int, int], params: list[str], setup: list[str], body: list[str],
     returns: list[str] = (),
 ) -> list[list[str]]:  # fmt: skip
-    """A writing pass as two functions, ``name(w0, .., o0, .., *params)`` and
-    ``name_inplace(w0, .., *params)`` in which the output rows ``o<j>`` are the input rows
-    ``w<j>`` (:func:`_writes` picks one).
+    """A writing pass as two functions, ``name(w0, .., o0, .., *params)`` and (where there are
+    no more outputs than inputs) ``name_inplace(w0, .., *params)``, in which the output rows
+    ``o<j>`` are the input rows ``w<j>`` (:func:`_writes` picks one).
 
     ``rows = (inputs, outputs)``; ``body`` is the loop over ``i`` (rows of ``d = len(w0)``),
     with no sums: each factor row comes as its own argument, so that the compiler can tell
@@ -351,16 +353,23 @@ def _writing(
     def in_place(x: str) -> str:
         return re.sub(r"\bo(\d+)\[", r"w\1[", x)
 
-    return [function(name, ins + outs, lambda x: x), function(f"{name}_inplace", ins, in_place)]
+    functions = [function(name, ins + outs, lambda x: x)]
+    if n_out <= n_in:  # the outputs fit in the inputs' rows
+        functions.append(function(f"{name}_inplace", ins, in_place))
+    return functions
 
 
 def _writes(f: dict[str, Any], name: str) -> Any:
     """The writing pass ``name(W, W1, *rest)`` of the compiled functions ``f``: the input and
     output rows as 2-D arrays, handed on row by row; ``W1 is W`` runs the in-place form."""
-    separate, inplace = f[name], f[f"{name}_inplace"]
+    separate, inplace = f[name], f.get(f"{name}_inplace")
 
     def call(W: Any, W1: Any, *rest: Any) -> Any:
-        return inplace(*W, *rest) if W1 is W else separate(*W, *W1, *rest)
+        if W1 is not W:
+            return separate(*W, *W1, *rest)
+        if inplace is None:
+            raise ValueError(f"{name}: more output rows than input rows cannot be written in place")
+        return inplace(*W, *rest)
 
     return call
 
@@ -502,9 +511,9 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
     )
 
 
-def _sketch_source(k: int, keep: int, nb: int, square: bool = True) -> str:
-    """The sketch passes of :class:`SketchKernels` (partial sums per ``nb`` rows; without
-    ``square``, only ``project``)."""
+def _sketch_source(k: int, keep: int) -> str:
+    """The sketch's writing pass of :class:`SketchKernels` (its projection is
+    :func:`_projection`'s)."""
     M, J = range(k), range(keep)
     return _module(
         *_writing(
@@ -527,5 +536,4 @@ def _sketch_source(k: int, keep: int, nb: int, square: bool = True) -> str:
                 "        p[i] = inv_sb * gi + (" + _sum([f"cv{j} * o{j}[i]" for j in J]) + ")",
             ],
         ),
-        omit=() if square else ("write", "write_inplace"),
     )

@@ -357,7 +357,8 @@ def _fused(
         shards=shards,
         C=_known_C(state),
         # two passes where the last step's gbar did not cancel (the usual case: g mostly
-        # outside span U, V); where it did, three passes (and no C to carry) are cheaper
+        # outside span U, V); where it did, three passes are cheaper (pass 1 then reads only
+        # V and measures no U^T V; a C already known is still carried)
         two_pass=state.last_ratio >= EXTEND_MIN,
     )
     if isinstance(res, Declined):

@@ -96,7 +96,7 @@ def test_rank_squared_passes_stop_at_max_square_rank():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("first", [0, 7, 13])
+@pytest.mark.parametrize("first", [0, 7, 8, 13, 16])  # 23 rows: groups of 8, 8 and 7
 def test_projection_in_row_groups_gives_the_bits_of_one_pass(rng, dtype, first):
     """More rows than READ_GROUP are summed in groups: each row's sum is that of one pass
     over all rows (the same partial sums in the same order), from any first row."""
