@@ -671,7 +671,9 @@ def _reduce(
     next step: by pass 1, or on a refresh step from pass 2's ``[U V]^T [U V]``."""
     xp, cdt, r = P.xp, P.cdt, P.r
     Sc = xp.astype(S, cdt)
-    closed = two_pass and not symmetric and not refresh and C_known is not None
+    # (the writing pass forms gbar with 1/sqrt(eps) in the factor dtype: it must fit there)
+    fits = P.inv_root < float(xp.finfo(P.dt).max)
+    closed = two_pass and not symmetric and not refresh and C_known is not None and fits
     if symmetric:
         measure = C_known is None or refresh
     else:

@@ -16,7 +16,7 @@ from streaming_states import orth, random_state, rel
 
 from lowrank_precond import preconditioners as pc
 from lowrank_precond.linalg import LowRank, projector_splitting, rank_one_increment, streaming
-from lowrank_precond.linalg.streaming import EXTEND_MIN, try_ksl_adagram_step
+from lowrank_precond.linalg.streaming import EXTEND_MIN, Declined, try_ksl_adagram_step
 
 pytestmark = pytest.mark.usefixtures("pass_kernels")  # the NumPy blocks and the compiled passes
 
@@ -98,6 +98,21 @@ def test_falls_back_to_pass_2_where_the_closed_form_is_not_accurate(rng, pass2, 
     assert rel(out.direction, three.direction) < 1e-11
     assert rel(out.lowrank.dense(), Y1) < 1e-10
     assert rel(out.direction, p) < 1e-10
+
+
+def test_an_eps_whose_inverse_root_overflows_float32_takes_three_passes(rng, pass2, pass_kernels):
+    """The writing pass forms gbar with 1/sqrt(eps) in the factor dtype: with eps = 1e-80
+    that is inf in float32, so the step takes three passes and writes finite factors (the
+    NumPy blocks' float32 |g|^2 underflows here: that step declines, writing nothing)."""
+    d, r = 200, 3
+    U, S, V = (a.astype(np.float32) for a in random_state(rng, d, r))
+    g = (rng.standard_normal(d) * 1e-32).astype(np.float32)
+    out = try_ksl_adagram_step(LowRank(U, S, V), g, 1e-80, two_pass=True, C=U.T @ V)
+    assert len(pass2) == 1
+    if pass_kernels == "blocks":
+        assert isinstance(out, Declined) and out.code == "gradient"
+    else:
+        assert np.isfinite(out.lowrank.U).all() and np.isfinite(out.direction).all()
 
 
 def test_float32_factors(rng, pass2):
