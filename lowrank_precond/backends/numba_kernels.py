@@ -63,6 +63,7 @@ __all__ = [
     "KslKernels",
     "SketchKernels",
     "ksl_kernels",
+    "readable",
     "sketch_kernels",
 ]
 
@@ -198,6 +199,18 @@ def sketch_kernels(k: int, keep: int) -> SketchKernels | None:
     if k <= MAX_SQUARE_RANK:
         write = _writes(_compiled(f"sketch_k{k}_keep{keep}", _sketch_source(k, keep)), "write")
     return SketchKernels(k, keep, _projection(k), write)
+
+
+def readable(x: Any, dtype: Any) -> Any:
+    """``x`` itself where the compiled passes can read its dtype (float32, float64), else
+    ``x`` cast to ``dtype`` (numba has no float16 or bfloat16 arrays).
+
+    Examples
+    --------
+    >>> readable(np.ones(2, np.float16), np.float32).dtype
+    dtype('float32')
+    """
+    return x if x.dtype in (np.float32, np.float64) else x.astype(dtype)
 
 
 def _projection(n: int) -> Any:

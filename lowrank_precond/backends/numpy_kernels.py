@@ -68,10 +68,12 @@ def residual_into(
     """
     dst = parent[index]
     product = M @ F if scratch is None else np.matmul(M, F, out=scratch)
+    # in the destination's dtype: a float scalar times a float32 (or float16) g would
+    # otherwise be computed in g's precision
     if isinstance(c, float):
-        np.multiply(g, c, out=dst)
+        np.multiply(g, c, out=dst, dtype=dst.dtype)
     else:
-        np.multiply(c[:, None], g, out=dst)
+        np.multiply(c[:, None], g, out=dst, dtype=dst.dtype)
     dst -= product
 
 

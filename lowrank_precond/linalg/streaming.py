@@ -503,6 +503,8 @@ class _Passes:
         self.W, self.Ut, self.Vt = W, Ut, Vt
         #: the compiled passes (``numba``, from ``numba_kernels.MIN_ROWS`` rows), or None
         self.jit = numba_kernels.ksl_kernels(r) if d >= numba_kernels.MIN_ROWS else None
+        if self.jit is not None:  # a float16 / bfloat16 gradient: one cast (numba has none)
+            self.g = numba_kernels.readable(g, U.dtype)
 
     def reduce(self, *parts: Any) -> tuple[Any, ...]:
         """The sums of ``parts`` (small arrays, floats; ``None`` passes through) over every

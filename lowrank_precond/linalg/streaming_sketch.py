@@ -284,7 +284,9 @@ class _Passes:
         self.xp = xp = array_namespace(U)
         self.d, self.k = d, k = int(U.shape[0]), int(U.shape[1])
         self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
-        self.g = g
+        # a float16 / bfloat16 gradient: one cast (numba has no such arrays, and NumPy would
+        # compute c g and |g|^2 in half precision)
+        self.g = numba_kernels.readable(g, U.dtype)
         self.Ut = U.T
         if not _row_contiguous(self.Ut):  # e.g. from the general path: one copy into rows
             self.Ut = _row_copy(ops, U)

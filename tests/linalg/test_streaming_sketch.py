@@ -203,6 +203,18 @@ def test_float32_close_to_float64(rng):
     assert np.abs(U.T @ U - np.eye(r)).max() < 2e-5
 
 
+def test_a_float16_gradient_steps_as_its_cast(rng):
+    """numba has no float16 arrays: the compiled passes read a float16 gradient cast to the
+    sketch's dtype once, and the step equals that of the cast gradient, bit for bit."""
+    d, k = 90, 3
+    sk = try_fd_sketch_step(random_sketch(rng, d, k), rng.standard_normal(d), 0.1).sketch
+    g = rng.standard_normal(d).astype(np.float16)
+    half = fd_sketch_step(sk, g, 0.1)
+    cast = fd_sketch_step(sk, g.astype(np.float64), 0.1)
+    np.testing.assert_array_equal(half.direction, cast.direction)
+    np.testing.assert_array_equal(half.sketch.U, cast.sketch.U)
+
+
 @pytest.mark.parametrize("square", [True, False])
 def test_compiled_passes_sum_over_many_blocks(rng, monkeypatch, square):
     """The compiled sketch passes (partial sums per ``SUM_ROWS`` rows) against the NumPy

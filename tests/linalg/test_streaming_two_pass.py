@@ -115,6 +115,20 @@ def test_an_eps_whose_inverse_root_overflows_float32_takes_three_passes(rng, pas
         assert np.isfinite(out.lowrank.U).all() and np.isfinite(out.direction).all()
 
 
+@pytest.mark.parametrize("two", [True, False])
+def test_a_float16_gradient_steps_as_its_cast(rng, two):
+    """numba has no float16 arrays: the compiled passes read a float16 gradient cast to the
+    factor dtype once, and the step equals that of the cast gradient, bit for bit."""
+    d, r, eps = 120, 3, 1e-2
+    U, S, V = random_state(rng, d, r)
+    g = rng.standard_normal(d).astype(np.float16)
+    kw = {"two_pass": two, "C": U.T @ V if two else None}
+    half = try_ksl_adagram_step(LowRank(U, S, V), g, eps, **kw)
+    cast = try_ksl_adagram_step(LowRank(U, S, V), g.astype(np.float64), eps, **kw)
+    np.testing.assert_array_equal(half.direction, cast.direction)
+    np.testing.assert_array_equal(half.lowrank.U, cast.lowrank.U)
+
+
 def test_float32_factors(rng, pass2):
     d, r, eps = 200, 4, 0.05
     U, S, V = random_state(rng, d, r)
