@@ -306,13 +306,11 @@ def _compiled(name: str, source: str) -> dict[str, Any]:
     return {key: jit(fn) for key, fn in namespace.items() if isinstance(fn, types.FunctionType)}
 
 
-def _module(*functions: list[str], omit: tuple[str, ...] = ()) -> str:
-    """The source of a generated module: ``import numpy as np`` and the functions' lines
-    (without those named in ``omit``)."""
+def _module(*functions: list[str]) -> str:
+    """The source of a generated module: ``import numpy as np`` and the functions' lines."""
     lines = ["import numpy as np"]
     for fn in functions:
-        if fn[0].removeprefix("def ").split("(")[0] not in omit:
-            lines += ["", "", *fn]
+        lines += ["", "", *fn]
     return "\n".join(lines) + "\n"
 
 
@@ -398,10 +396,21 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
     without ``square``, not ``project_sym`` and ``gbar_sym``).
 
     Locals: ``w<k>`` the factor rows (``U`` rows ``0..r-1``, ``V`` rows ``r..2r-1``),
-    ``x<k>`` their entries in row ``i``, ``y`` the ``gbar`` entry.
+    ``x<k>`` their entries in row ``i``, ``y`` the ``gbar`` entry, ``t<k>`` the entries of
+    ``t`` (``gbar = g inv_root - U t``).
     """
-    R, K = range(r), range(2 * r)
+    return _module(*_ksl_reading(r, nb, square), *_ksl_writing(r, nb))
 
+
+def _t_locals(r: int) -> list[str]:
+    """Lines that load the ``r`` entries of ``t`` into the locals ``t<k>``."""
+    return [f"    t{k} = t[{k}]" for k in range(r)]
+
+
+def _ksl_reading(r: int, nb: int, square: bool) -> list[list[str]]:
+    """The reading passes of :func:`_ksl_source`: ``gbar``, and with ``square`` also
+    ``project_sym`` (before it) and ``gbar_sym``."""
+    R, K = range(r), range(2 * r)
     start = ["    d = W.shape[1]", *[f"    w{k} = W[{k}]" for k in K]]
     load = [f"x{k} = np.float64(w{k}[i])" for k in K]
     c = {(k,): f"c{k}" for k in R}
@@ -421,10 +430,51 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
     sym_body += [f"_q{b} += y{b} * y" for b in R]
     sym_body += [f"_G{b}_{j} += y{b} * y{j}" for b, j in upper]
     gy = {(b, j): f"G{min(b, j)}_{max(b, j)}" for b in R for j in R}
-    coefficients = [f"    t{k} = t[{k}]" for k in R]
-    # the writing passes: Vm, Mm are block diagonal (U rows use e0, V rows e1)
+    project_sym = [
+        "def project_sym(W, g):",
+        *start,
+        *_row_loop(
+            nb,
+            [*c.values(), *Cs.values(), "gg"],
+            [*load, *project_body, *[f"_C{j}_{k} += x{j} * x{r + k}" for j in R for k in R]],
+        ),
+        *_array("c", (r,), c),
+        *_array("C", (r, r), Cs),
+        "    return c, gg, C",
+    ]
+    gbar = [
+        "def gbar(W, g, t, inv_root, p):",
+        *start,
+        *_t_locals(r),
+        *_row_loop(nb, [*av.values(), "n"], [*load, *gbar_body]),
+        *_array("av", (2 * r,), av),
+        "    return av, n",
+    ]
+    gbar_sym = [
+        "def gbar_sym(W, g, t, inv_root, p, C):",
+        *start,
+        *_t_locals(r),
+        *[f"    C{j}_{k} = C[{j}, {k}]" for j in R for k in R],
+        *_row_loop(
+            nb,
+            [*av.values(), "n", *[f"q{b}" for b in R], *[f"G{b}_{j}" for b, j in upper]],
+            [*load, *gbar_body, *sym_body],
+        ),
+        *_array("av", (2 * r,), av),
+        *_array("GY", (r, r), gy),
+        *_array("yg", (r,), {(b,): f"q{b}" for b in R}),
+        "    return av, n, GY, yg",
+    ]
+    return [project_sym, gbar, gbar_sym] if square else [gbar]
+
+
+def _ksl_writing(r: int, nb: int) -> list[list[str]]:
+    """The writing passes of :func:`_ksl_source` (each in place and into new rows, see
+    :func:`_writing`): ``write``, ``write_gbar`` and ``write_sym``."""
+    R, K = range(r), range(2 * r)
+    # Vm, Mm are block diagonal (U rows use e0, V rows e1)
     side = [0 if k < r else 1 for k in K]
-    write_setup = [
+    setup = [
         *[f"    m{k} = Mm[{side[k]}, {k}]" for k in K],
         *[f"    v{k} = Vm[{k}, {side[k]}]" for k in K],
         "    h0 = hcol[0]",
@@ -435,7 +485,7 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
         "        e0 = h0 * gb - (" + _sum([f"m{k} * x{k}" for k in R]) + ")",
         "        e1 = h1 * gb - (" + _sum([f"m{k} * x{k}" for k in range(r, 2 * r)]) + ")",
     ]
-    write_out = [f"        o{k}[i] = x{k} + v{k} * e{side[k]}" for k in K]
+    out = [f"        o{k}[i] = x{k} + v{k} * e{side[k]}" for k in K]
     loop = "    for i in range(d):"
     sym_sum = [  # |p|^2 of the symmetric direction, in a loop of its own (the sum is serial)
         "    pp = 0.0",
@@ -447,81 +497,46 @@ def _ksl_source(r: int, nb: int, square: bool = True) -> str:
         "        pp += _pp",
         "    return pp",
     ]
-    return _module(
-        [
-            "def project_sym(W, g):",
-            *start,
-            *_row_loop(
-                nb,
-                [*c.values(), *Cs.values(), "gg"],
-                [*load, *project_body, *[f"_C{j}_{k} += x{j} * x{r + k}" for j in R for k in R]],
-            ),
-            *_array("c", (r,), c),
-            *_array("C", (r, r), Cs),
-            "    return c, gg, C",
-        ],
-        [
-            "def gbar(W, g, t, inv_root, p):",
-            *start,
-            *coefficients,
-            *_row_loop(nb, [*av.values(), "n"], [*load, *gbar_body]),
-            *_array("av", (2 * r,), av),
-            "    return av, n",
-        ],
-        [
-            "def gbar_sym(W, g, t, inv_root, p, C):",
-            *start,
-            *coefficients,
-            *[f"    C{j}_{k} = C[{j}, {k}]" for j in R for k in R],
-            *_row_loop(
-                nb,
-                [*av.values(), "n", *[f"q{b}" for b in R], *[f"G{b}_{j}" for b, j in upper]],
-                [*load, *gbar_body, *sym_body],
-            ),
-            *_array("av", (2 * r,), av),
-            *_array("GY", (r, r), gy),
-            *_array("yg", (r,), {(b,): f"q{b}" for b in R}),
-            "    return av, n, GY, yg",
-        ],
+    rows = (2 * r, 2 * r)
+    return [
         *_writing(
             "write",
-            (2 * r, 2 * r),
+            rows,
             ["p", "Vm", "Mm", "hcol", "inv_s"],
-            write_setup,
-            [loop, *row, "        gb = p[i]", *e01, *write_out, "        p[i] = gb * inv_s"],
+            setup,
+            [loop, *row, "        gb = p[i]", *e01, *out, "        p[i] = gb * inv_s"],
         ),
         *_writing(
             "write_gbar",
-            (2 * r, 2 * r),
+            rows,
             ["g", "t", "inv_root", "p", "Vm", "Mm", "hcol", "inv_s"],
-            [*write_setup, *coefficients],
+            [*setup, *_t_locals(r)],
             [
                 loop,
                 *row,
                 "        gb = g[i] * inv_root - (" + _sum([f"t{k} * x{k}" for k in R]) + ")",
                 *e01,
-                *write_out,
+                *out,
                 "        p[i] = gb * inv_s",
             ],
         ),
         *_writing(
             "write_sym",
-            (2 * r, 2 * r),
+            rows,
             ["p", "g", "Vm", "Mm", "hcol", "inv_root"],
-            [*write_setup, *[f"    z{k} = Mm[2, {k}]" for k in K], "    h2 = hcol[2]"],
+            [*setup, *[f"    z{k} = Mm[2, {k}]" for k in K], "    h2 = hcol[2]"],
             [
                 loop,
                 *row,
                 "        gb = p[i]",
                 *e01,
                 "        e2 = h2 * gb - (" + _sum([f"z{k} * x{k}" for k in K]) + ")",
-                *write_out,
+                *out,
                 "        p[i] = inv_root * g[i] + e2",
             ],
             sym_sum,
         ),
-        omit=() if square else ("project_sym", "gbar_sym"),
-    )
+    ]
 
 
 def _sketch_source(k: int, keep: int) -> str:
