@@ -484,7 +484,8 @@ class _Passes:
         self.shards = shards
         self.d_total = d if shards is None else shards.size
         self.dt, self.cdt, self.dev = U.dtype, core_dtype(U), device_of(U)
-        self.g = g
+        # a float16 / bfloat16 gradient: one cast (numba has no such arrays), as in the sketch
+        self.g = numba_kernels.readable(g, U.dtype)
         self.root = math.sqrt(eps)
         self.inv_root = 1.0 / self.root
         self.blocks = _row_blocks(d, r, U.dtype, xp, write=False)
@@ -503,8 +504,6 @@ class _Passes:
         self.W, self.Ut, self.Vt = W, Ut, Vt
         #: the compiled passes (``numba``, from ``numba_kernels.MIN_ROWS`` rows), or None
         self.jit = numba_kernels.ksl_kernels(r) if d >= numba_kernels.MIN_ROWS else None
-        if self.jit is not None:  # a float16 / bfloat16 gradient: one cast (numba has none)
-            self.g = numba_kernels.readable(g, U.dtype)
 
     def reduce(self, *parts: Any) -> tuple[Any, ...]:
         """The sums of ``parts`` (small arrays, floats; ``None`` passes through) over every
